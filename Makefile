@@ -1,0 +1,37 @@
+# The two set-up commands: `make demo` and `make test`. Each creates .venv when missing.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SECONDS ?= 30
+
+.PHONY: demo test lint fmt schemas bench clean
+
+$(BIN)/gridstream: pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.dev: $(BIN)/gridstream
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(BIN)/gridstream
+	$(BIN)/gridstream demo --seconds $(SECONDS)
+
+test: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+schemas: $(BIN)/gridstream
+	$(BIN)/python -m schemas.generate
+
+bench: $(BIN)/gridstream
+	$(BIN)/gridstream bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
