@@ -1,0 +1,69 @@
+"""Hyperparameters of the streaming core, stored verbatim so a processor can be rebuilt."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessorParams:
+    """Everything that shapes the core's output; changing any of it changes scores.
+
+    Times are in seconds; rates are EWMA weights of the newest observation.
+    """
+
+    horizons_s: tuple[int, ...] = (900, 3600)
+    window: int = 16  # recent readings kept per entity (ring buffer)
+    profile_bucket_s: int = 900  # time-of-day resolution of the seasonal profile
+    profile_rate: float = 0.1  # EWMA floor once a bucket has 1/rate observations
+    deviation_rate: float = 0.5  # how fast the nowcast follows departures from the profile
+    deviation_decay: float = 0.85  # per expected step, how much departure persists ahead
+    scale_rate: float = 0.05  # EWMA of absolute residuals (the residual scale)
+    channel_rate: float = 0.05  # EWMA of secondary channels (voltage, current, ...)
+    warmup: int = 12  # readings an entity needs before it is scored
+    seasonal_min_days: int = 3  # observations of a time-of-day bucket before departures count
+    forecast_min: int = 3  # readings an entity needs before it gets forecasts
+    cusum_k: float = 1.0  # CUSUM slack, in residual scales
+    cusum_h: float = 10.0  # CUSUM level at which the seasonal detector scores 0.5
+    z_mid: float = 6.0  # |z| at which a z-score detector scores 0.5
+    z_width: float = 0.8  # logistic width of z-score detectors
+    stuck_mid: float = 6.0  # identical consecutive readings at which `stuck` scores 0.5
+    stuck_max_repeat_rate: float = 0.05  # entities repeating more often than this never stick
+    hst_trees: int = 15
+    hst_height: int = 8
+    hst_window: int = 250
+    hst_learn_every: int = 16  # learn one in N readings: the model is global, not per entity
+    hst_gate: float = 0.3  # only readings some fast detector scores above this are sent to HST
+    weights: tuple[tuple[str, float], ...] = (
+        ("residual", 1.0),
+        ("seasonal", 0.9),
+        ("stuck", 0.95),
+        ("channel", 1.0),
+        ("hst", 0.2),
+    )
+    emit_threshold: float = 0.5  # fused score from which an anomaly event is published
+    severity_thresholds: tuple[tuple[str, float], ...] = (
+        ("critical", 0.9),
+        ("warning", 0.7),
+        ("info", 0.5),
+    )
+    cooldown_s: int = 3600  # one incident per entity per cooldown, unless severity rises
+    seed: int = 42
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, object]:
+        return asdict(self)
+
+    def __post_init__(self) -> None:
+        if not self.horizons_s or any(h <= 0 for h in self.horizons_s):
+            raise ValueError(f"horizons_s must be positive seconds, got {self.horizons_s}")
+        if self.window < 2:
+            raise ValueError(f"window must be at least 2 readings, got {self.window}")
+        if 86400 % self.profile_bucket_s:
+            raise ValueError(f"profile_bucket_s must divide a day, got {self.profile_bucket_s}")
+        for name in ("profile_rate", "deviation_rate", "scale_rate", "channel_rate"):
+            rate = getattr(self, name)
+            if not 0.0 < rate <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {rate}")
+        if not 0.0 <= self.emit_threshold <= 1.0:
+            raise ValueError(f"emit_threshold must be in [0, 1], got {self.emit_threshold}")

@@ -1,0 +1,462 @@
+"""The streaming core: one batch of readings in, forecasts, scores and anomaly events out.
+
+No I/O, no clock, no metrics: the caller passes ``now_ms`` and reads counters off the result, so
+the same object runs live under Kafka, in a backtest and in a benchmark.
+
+A batch may hold several readings of one entity. They are processed in *rounds*: round k holds
+the k-th reading of every entity in the batch, so each round touches an entity at most once and
+is fully vectorised, while readings of one entity still see each other in arrival order.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import river
+
+from models import detectors as det
+from models.events import build_events
+from models.nowcast import (
+    MODEL_NAME,
+    MODEL_VERSION,
+    Z10,
+    bucket_of,
+    expected_value,
+    interval_sigma,
+    steps_ahead,
+)
+from models.online import GatedHalfSpaceTrees
+from models.params import ProcessorParams
+from models.state import NO_TS, EntityState
+from schemas.batch import AnomalyRecord, ForecastBatch, ReadingBatch, Rejection
+
+SNAPSHOT_FORMAT = 1
+
+
+@dataclass(slots=True)
+class ProcessResult:
+    """What one batch produced. Arrays indexed like the input batch carry NaN/-1 where a reading
+    was not scored (dropped, rejected, or its entity still warming up)."""
+
+    forecasts: ForecastBatch
+    anomalies: list[AnomalyRecord]
+    rejections: list[Rejection]  # out_of_order / conflicting_duplicate, by src_index
+    score: np.ndarray  # float64 per input row
+    severity: np.ndarray  # int64 rank per input row: -1 none, 0 info, 1 warning, 2 critical
+    expected: np.ndarray  # float64 per input row: the one-step expectation it was scored against
+    forecast_rows: np.ndarray  # int64: input row of each forecast
+    counters: Counter[str] = field(default_factory=Counter)
+
+
+class GridProcessor:
+    """Per-entity windows, the baseline nowcast, online detectors and fusion over column batches."""
+
+    def __init__(
+        self,
+        params: ProcessorParams | None = None,
+        state: EntityState | None = None,
+        online: GatedHalfSpaceTrees | None = None,
+    ) -> None:
+        self.params = params or ProcessorParams()
+        self.state = state or EntityState(self.params)
+        self.online = online or GatedHalfSpaceTrees(self.params)
+        self.model = f"{MODEL_NAME}@{MODEL_VERSION}"
+        self.model_versions = {
+            "nowcast": self.model,
+            "detectors": f"gridstream-detectors@{MODEL_VERSION}",
+            "online": f"river-hst@{river.__version__}",
+        }
+
+    # -- public ------------------------------------------------------------------------------
+    def process_batch(self, batch: ReadingBatch, now_ms: int) -> ProcessResult:
+        """Score every reading against the state before it, then learn it; never mutates input."""
+        n = len(batch)
+        res = ProcessResult(
+            forecasts=ForecastBatch.empty(self.model),
+            anomalies=[],
+            rejections=[],
+            score=np.full(n, np.nan),
+            severity=np.full(n, -1, dtype=np.int64),
+            expected=np.full(n, np.nan),
+            forecast_rows=np.empty(0, dtype=np.int64),
+        )
+        if n == 0:
+            return res
+        keys = (batch.kind + "\x1f" + batch.entity).tolist()
+        slots = self.state.slots_for(keys, batch.kind.tolist())
+        forecast_parts: list[_Part] = []
+        for rows in _rounds(slots):
+            part = self._round(batch, rows, slots[rows], res, now_ms)
+            if part is not None:
+                forecast_parts.append(part)
+        res.rejections.sort(key=lambda r: r.src_index)
+        if forecast_parts:
+            res.forecasts, res.forecast_rows = self._assemble_forecasts(batch, forecast_parts)
+        res.counters["readings"] += n
+        res.counters["forecasts"] += len(res.forecasts)
+        return res
+
+    def snapshot(self) -> bytes:
+        """The whole core state as bytes (windows, profiles, detector memories, river model)."""
+        return pickle.dumps(
+            {
+                "format": SNAPSHOT_FORMAT,
+                "params": self.params,
+                "state": self.state.snapshot(),
+                "online": self.online,
+            },
+            protocol=pickle.HIGHEST_PROTOCOL,
+        )
+
+    @classmethod
+    def from_snapshot(cls, blob: bytes) -> GridProcessor:
+        """Rebuild a processor from ``snapshot()`` output that this process wrote itself.
+
+        Only for snapshots from a trusted store: unpickling runs code.
+        """
+        data = pickle.loads(blob)  # noqa: S301 - snapshots are written by gridstream itself
+        if data.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError(f"snapshot format {data.get('format')!r}, expected {SNAPSHOT_FORMAT}")
+        params: ProcessorParams = data["params"]
+        return cls(params, EntityState.restore(params, data["state"]), data["online"])
+
+    @property
+    def entities(self) -> int:
+        return self.state.size
+
+    # -- one round: each entity at most once -------------------------------------------------
+    def _round(
+        self, batch: ReadingBatch, rows: np.ndarray, s: np.ndarray, res: ProcessResult, now_ms: int
+    ) -> _Part | None:
+        p, c = self.params, self.state.cols
+        ts = batch.ts_ms[rows]
+        v = batch.value[rows]
+        last_ts = c["last_ts"][s]
+        seen = last_ts != NO_TS
+        same_ts = seen & (ts == last_ts)
+        duplicate = same_ts & (v == c["last_value"][s])
+        conflict = same_ts & ~duplicate
+        late = seen & (ts < last_ts)
+        res.counters["dropped_duplicate"] += int(duplicate.sum())
+        for j in np.flatnonzero(conflict | late):
+            src = int(batch.src_index[rows[j]])
+            if conflict[j]:
+                msg = f"ts {int(ts[j])} already seen with value {float(c['last_value'][s[j]])!r}"
+                res.rejections.append(Rejection(src, "conflicting_duplicate", msg))
+            else:
+                msg = f"ts {int(ts[j])} is before the entity's last reading at {int(last_ts[j])}"
+                res.rejections.append(Rejection(src, "out_of_order", msg))
+        ok = ~(same_ts | late)
+        if not ok.all():
+            rows, s, ts, v, last_ts, seen = rows[ok], s[ok], ts[ok], v[ok], last_ts[ok], seen[ok]
+        if rows.size == 0:
+            return None
+
+        # -- score against the state before this reading ------------------------------------
+        bucket = bucket_of(ts, p)
+        prof = c["profile"][s, bucket].astype(np.float64)
+        prof_n = c["profile_n"][s, bucket]
+        prof_seen = prof_n > 0
+        prof_trusted = prof_n >= p.seasonal_min_days
+        level = c["level"][s]
+        interval = c["interval_ms"][s]
+        delta = np.where(seen, ts - last_ts, 0).astype(np.float64)
+        steps = steps_ahead(delta, interval, p)
+        expected = expected_value(prof, prof_seen, c["deviation"][s], level, steps, p)
+        resid = v - expected
+        z = det.robust_z(resid, c["scale"][s], level)
+        dev_s = np.where(prof_seen, v - prof, 0.0)
+        zs = det.robust_z(dev_s, c["seasonal_scale"][s], level)
+        zs = np.where(prof_trusted & (c["seasonal_n"][s] >= p.warmup), zs, 0.0)
+        cpos, cneg, seasonal = det.cusum_update(c["cusum_pos"][s], c["cusum_neg"][s], zs, p)
+        same_value = seen & (v == c["last_value"][s])
+        run = np.where(same_value, c["run"][s] + 1, 0)
+        stuck = det.stuck_score(run, c["repeat_rate"][s], p)
+        chan_vals = np.column_stack([getattr(batch, name)[rows] for name in _CHANNELS])
+        zc_all = det.robust_z(chan_vals - c["chan_mean"][s], c["chan_scale"][s], c["chan_mean"][s])
+        zc_all = np.where(np.isfinite(chan_vals), zc_all, 0.0)
+        zc = np.abs(zc_all[:, det.SCORED_CHANNELS]).max(axis=1)
+        warm = c["count"][s] >= p.warmup
+        scores = {
+            "residual": det.z_score(z, p),
+            "seasonal": seasonal,
+            "stuck": stuck,
+            "channel": det.z_score(zc, p),
+        }
+        fast_max = np.maximum.reduce(list(scores.values()))
+        features = self.online.features(z, zs, np.maximum(cpos, cneg), zc, run)
+        scores["hst"] = self.online.score_and_learn(features, fast_max > p.hst_gate, warm)
+        fused = np.where(warm, det.fuse(scores, p), 0.0)
+        rank = np.where(warm, det.severity_rank(fused, p), -1)
+        res.score[rows] = np.where(warm, fused, np.nan)
+        res.severity[rows] = rank
+        res.expected[rows] = expected
+        res.counters["scored"] += int(warm.sum())
+        res.counters["warming_up"] += int((~warm).sum())
+
+        self._emit(
+            batch,
+            rows,
+            s,
+            ts,
+            fused,
+            rank,
+            scores,
+            warm,
+            res,
+            now_ms,
+            {
+                "z": z,
+                "zs": zs,
+                "zc": zc_all,
+                "expected": expected,
+                "prof": prof,
+                "prof_seen": prof_seen,
+                "run": run,
+                "chan_mean": c["chan_mean"][s],
+            },
+        )
+
+        # -- learn ---------------------------------------------------------------------------
+        self._learn(
+            s,
+            ts,
+            v,
+            seen,
+            delta,
+            bucket,
+            prof,
+            prof_seen,
+            level,
+            steps,
+            resid,
+            dev_s,
+            run,
+            same_value,
+            chan_vals,
+            cpos,
+            cneg,
+        )
+        return self._forecasts(rows, s, ts)
+
+    def _emit(
+        self,
+        batch: ReadingBatch,
+        rows: np.ndarray,
+        s: np.ndarray,
+        ts: np.ndarray,
+        fused: np.ndarray,
+        rank: np.ndarray,
+        scores: dict[str, np.ndarray],
+        warm: np.ndarray,
+        res: ProcessResult,
+        now_ms: int,
+        feats: dict[str, np.ndarray],
+    ) -> None:
+        p, c = self.params, self.state.cols
+        over = warm & (fused >= p.emit_threshold)
+        if not over.any():
+            return
+        in_cooldown = (ts - c["last_event_ts"][s] < p.cooldown_s * 1000) & (
+            rank <= c["last_event_rank"][s]
+        )
+        emit = over & ~in_cooldown
+        res.counters["suppressed_cooldown"] += int((over & in_cooldown).sum())
+        idx = np.flatnonzero(emit)
+        if idx.size == 0:
+            return
+        c["last_event_ts"][s[idx]] = ts[idx]
+        c["last_event_rank"][s[idx]] = rank[idx]
+        events = build_events(
+            batch, rows, idx, fused, rank, scores, feats, p, self.model_versions, now_ms
+        )
+        res.anomalies.extend(events)
+        for ev in events:
+            res.counters[f"anomalies_{ev.severity}"] += 1
+
+    def _learn(
+        self,
+        s,
+        ts,
+        v,
+        seen,
+        delta,
+        bucket,
+        prof,
+        prof_seen,
+        level,
+        steps,
+        resid,  # noqa: ANN001, PLR0913
+        dev_s,
+        run,
+        same_value,
+        chan_vals,
+        cpos,
+        cneg,
+    ) -> None:
+        p, c = self.params, self.state.cols
+        # Winsorise what is learned, so one wild reading does not inflate the scales.
+        scale = c["scale"][s]
+        abs_r = np.abs(resid)
+        abs_r = np.where(np.isfinite(scale), np.minimum(abs_r, 4.0 * scale + 1e-12), abs_r)
+        count = c["count"][s]
+        c["scale"][s] = _ewma(scale, abs_r, _warm_rate(count, p.scale_rate))
+        sscale = c["seasonal_scale"][s]
+        abs_s = np.abs(dev_s)
+        abs_s = np.where(np.isfinite(sscale), np.minimum(abs_s, 4.0 * sscale + 1e-12), abs_s)
+        s_n = c["seasonal_n"][s]
+        c["seasonal_scale"][s] = np.where(
+            prof_seen, _ewma(sscale, abs_s, _warm_rate(s_n, p.scale_rate)), sscale
+        )
+        c["seasonal_n"][s] = s_n + prof_seen
+        c["cusum_pos"][s], c["cusum_neg"][s] = cpos, cneg
+        learn_v = np.where(
+            prof_seen & np.isfinite(sscale), np.clip(v, prof - 4.0 * sscale, prof + 4.0 * sscale), v
+        )
+        n_b = c["profile_n"][s, bucket].astype(np.float64)
+        rate = np.maximum(1.0 / (n_b + 1.0), p.profile_rate)
+        c["profile"][s, bucket] = np.where(prof_seen, prof + rate * (learn_v - prof), v)
+        c["profile_n"][s, bucket] = np.minimum(n_b + 1, 65535).astype(np.uint16)
+        decayed = c["deviation"][s] * p.deviation_decay**steps
+        c["deviation"][s] = np.where(
+            prof_seen, decayed + p.deviation_rate * ((v - prof) - decayed), 0.0
+        )
+        c["level"][s] = _ewma(level, v, 0.3)
+        interval = c["interval_ms"][s]
+        regular = seen & (delta > 0) & ~(np.isfinite(interval) & (delta > 10.0 * interval))
+        c["interval_ms"][s] = np.where(regular, _ewma(interval, delta, 0.1), interval)
+        c["run"][s] = run
+        long_run = run >= 3
+        c["repeat_rate"][s] = np.where(
+            long_run, c["repeat_rate"][s], _ewma(c["repeat_rate"][s], same_value * 1.0, 0.01)
+        )
+        has = np.isfinite(chan_vals)
+        old_mean = c["chan_mean"][s]
+        c["chan_scale"][s] = np.where(
+            has & np.isfinite(old_mean),
+            _ewma(
+                c["chan_scale"][s],
+                np.abs(chan_vals - old_mean),
+                _warm_rate(count, p.channel_rate)[:, None],
+            ),
+            c["chan_scale"][s],
+        )
+        c["chan_mean"][s] = np.where(
+            has, _ewma(old_mean, chan_vals, _warm_rate(count, p.channel_rate)[:, None]), old_mean
+        )
+        pos = c["head"][s] % p.window
+        c["ring_value"][s, pos] = v
+        c["ring_ts"][s, pos] = ts
+        c["head"][s] += 1
+        c["last_ts"][s] = ts
+        c["last_value"][s] = v
+        c["count"][s] += 1
+
+    def _forecasts(self, rows: np.ndarray, s: np.ndarray, ts: np.ndarray) -> _Part | None:
+        """Forecasts of this round's readings from the state right after learning them.
+
+        Computed per round, not per batch, so a reading's forecast never sees a later reading
+        (no look-ahead in backtests, and identical output whatever the batch boundaries).
+        """
+        p, c = self.params, self.state.cols
+        ready = c["count"][s] >= p.forecast_min
+        if not ready.any():
+            return None
+        rows, s, ts = rows[ready], s[ready], ts[ready]
+        k = len(p.horizons_s)
+        horizon = np.empty((rows.size, k), dtype=np.int64)
+        target = np.empty((rows.size, k), dtype=np.int64)
+        q = np.empty((3, rows.size, k), dtype=np.float64)
+        for i, h in enumerate(p.horizons_s):
+            tgt = ts + h * 1000
+            steps = steps_ahead(np.full(rows.size, h * 1000.0), c["interval_ms"][s], p)
+            b = bucket_of(tgt, p)
+            p50 = expected_value(
+                c["profile"][s, b],
+                c["profile_n"][s, b] > 0,
+                c["deviation"][s],
+                c["level"][s],
+                steps,
+                p,
+            )
+            sigma = interval_sigma(c["scale"][s], c["seasonal_scale"][s], steps, p)
+            sigma = np.where(np.isfinite(sigma), sigma, 0.0)
+            horizon[:, i] = h
+            target[:, i] = tgt
+            q[0, :, i] = p50 - Z10 * sigma
+            q[1, :, i] = p50
+            q[2, :, i] = p50 + Z10 * sigma
+        return _Part(
+            np.repeat(rows, k),
+            horizon.ravel(),
+            target.ravel(),
+            q[0].ravel(),
+            q[1].ravel(),
+            q[2].ravel(),
+        )
+
+    def _assemble_forecasts(
+        self, batch: ReadingBatch, parts: list[_Part]
+    ) -> tuple[ForecastBatch, np.ndarray]:
+        rows = np.concatenate([x.rows for x in parts])
+        order = np.argsort(rows, kind="stable")  # input order; horizons stay in params order
+        rows = rows[order]
+
+        def cat(name: str) -> np.ndarray:
+            return np.concatenate([getattr(x, name) for x in parts])[order]
+
+        fb = ForecastBatch(
+            entity=batch.entity[rows],
+            kind=batch.kind[rows],
+            issued_ms=batch.ts_ms[rows],
+            horizon_s=cat("horizon"),
+            target_ms=cat("target"),
+            p10=cat("p10"),
+            p50=cat("p50"),
+            p90=cat("p90"),
+            model=self.model,
+        )
+        return fb, rows
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    rows: np.ndarray
+    horizon: np.ndarray
+    target: np.ndarray
+    p10: np.ndarray
+    p50: np.ndarray
+    p90: np.ndarray
+
+
+_CHANNELS = ("reactive", "voltage", "current", "frequency", "temperature")
+
+
+def _ewma(old: np.ndarray, new: np.ndarray, rate: float | np.ndarray) -> np.ndarray:
+    """EWMA step that starts at the first observation; NaN observations leave it unchanged."""
+    stepped = np.where(np.isfinite(old), old + rate * (new - old), new)
+    return np.where(np.isfinite(new), stepped, old)
+
+
+def _warm_rate(n: np.ndarray, rate: float) -> np.ndarray:
+    """Plain mean of the first observations, then the EWMA rate: no cold-start bias."""
+    return np.maximum(1.0 / (n + 1.0), rate)
+
+
+def _rounds(slots: np.ndarray) -> list[np.ndarray]:
+    """Row indices grouped so that round k holds the k-th occurrence of every slot."""
+    n = slots.size
+    order = np.argsort(slots, kind="stable")
+    sorted_slots = slots[order]
+    starts = np.r_[True, sorted_slots[1:] != sorted_slots[:-1]]
+    group_start = np.maximum.accumulate(np.where(starts, np.arange(n), 0))
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n) - group_start
+    if rank.max() == 0:
+        return [np.arange(n)]
+    by_rank = np.argsort(rank, kind="stable")
+    counts = np.bincount(rank)
+    return np.split(by_rank, np.cumsum(counts)[:-1])
