@@ -1,0 +1,131 @@
+"""Encode outputs as Kafka records: JSON values, entity keys, headers a subscriber can filter on.
+
+Headers on every record: ``content-type`` (application/json), ``schema-version``, ``record-type``;
+anomalies add ``severity`` so an alerting consumer can skip info events without parsing payloads.
+Dead letters keep the original value bytes and key unchanged and carry their context in
+``gridstream.*`` headers (the Kafka Connect dead-letter convention), so they can be re-produced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+from schemas import SCHEMA_VERSION
+from schemas.batch import AnomalyRecord, DeadLetterRecord, ForecastBatch, unit_of
+
+Headers = list[tuple[str, bytes]]
+
+_JSON = ("content-type", b"application/json")
+_VERSION = ("schema-version", SCHEMA_VERSION.encode())
+FORECAST_HEADERS: Headers = [_JSON, _VERSION, ("record-type", b"forecast")]
+_ANOMALY_BASE: Headers = [_JSON, _VERSION, ("record-type", b"anomaly")]
+SEVERITY_HEADERS: dict[str, Headers] = {
+    sev: [*_ANOMALY_BASE, ("severity", sev.encode())] for sev in ("info", "warning", "critical")
+}
+
+
+@dataclass(frozen=True, slots=True)
+class OutRecord:
+    """One record for a topic, ready to produce."""
+
+    key: bytes | None
+    value: bytes
+    headers: Headers
+
+
+def rfc3339_ms(ts_ms: np.ndarray) -> np.ndarray:
+    """Vectorised epoch ms -> '2024-05-01T12:00:00.000Z' strings."""
+    text = np.datetime_as_string(ts_ms.astype("datetime64[ms]"), unit="ms")
+    return np.char.add(text.astype(str), "Z")
+
+
+def iso_ms(ts_ms: int) -> str:
+    return str(np.datetime_as_string(np.datetime64(int(ts_ms), "ms"), unit="ms")) + "Z"
+
+
+def encode_forecasts(batch: ForecastBatch) -> list[OutRecord]:
+    """One JSON record per (reading, horizon), keyed by entity id."""
+    n = len(batch)
+    if n == 0:
+        return []
+    issued = rfc3339_ms(batch.issued_ms).tolist()
+    target = rfc3339_ms(batch.target_ms).tolist()
+    entity = batch.entity.tolist()
+    kind = batch.kind.tolist()
+    horizon = batch.horizon_s.tolist()
+    p10 = batch.p10.tolist()
+    p50 = batch.p50.tolist()
+    p90 = batch.p90.tolist()
+    model = batch.model
+    units = {k: unit_of(k) for k in set(kind)}
+    dumps = orjson.dumps
+    return [
+        OutRecord(
+            entity[i].encode(),
+            dumps(
+                {
+                    "entity_id": entity[i],
+                    "entity_kind": kind[i],
+                    "issued_at": issued[i],
+                    "horizon_s": horizon[i],
+                    "target_ts": target[i],
+                    "p10": p10[i],
+                    "p50": p50[i],
+                    "p90": p90[i],
+                    "unit": units[kind[i]],
+                    "model": model,
+                }
+            ),
+            FORECAST_HEADERS,
+        )
+        for i in range(n)
+    ]
+
+
+def anomaly_json(event: AnomalyRecord) -> dict[str, object]:
+    """The event in its published JSON shape (``schemas.outputs.AnomalyEvent``)."""
+    reading = dict(event.reading)
+    if isinstance(reading.get("ts"), int):
+        reading["ts"] = iso_ms(int(reading["ts"]))  # type: ignore[arg-type]
+    return {
+        "event_id": event.event_id,
+        "entity_id": event.entity_id,
+        "entity_kind": event.entity_kind,
+        "ts": iso_ms(event.ts_ms),
+        "score": event.score,
+        "severity": event.severity,
+        "detectors": event.detectors,
+        "fired": event.fired,
+        "explanation": event.explanation,
+        "reading": reading,
+        "model_versions": event.model_versions,
+        "detected_at": iso_ms(event.detected_ms),
+    }
+
+
+def encode_anomalies(events: list[AnomalyRecord]) -> list[OutRecord]:
+    return [
+        OutRecord(
+            ev.entity_id.encode(), orjson.dumps(anomaly_json(ev)), SEVERITY_HEADERS[ev.severity]
+        )
+        for ev in events
+    ]
+
+
+def encode_dead_letters(letters: list[DeadLetterRecord]) -> list[OutRecord]:
+    out = []
+    for dl in letters:
+        headers: Headers = [
+            ("gridstream.error.class", dl.error_class.encode()),
+            ("gridstream.error.message", dl.error.encode(errors="replace")[:1024]),
+            ("gridstream.source.topic", dl.source_topic.encode()),
+            ("gridstream.source.partition", str(dl.source_partition).encode()),
+            ("gridstream.source.offset", str(dl.source_offset).encode()),
+            ("gridstream.dead_lettered_at", iso_ms(dl.dead_lettered_ms).encode()),
+            _VERSION,
+        ]
+        out.append(OutRecord(dl.key, dl.raw, headers))
+    return out

@@ -1,0 +1,234 @@
+"""Configuration: one frozen settings object, from env (``GRIDSTREAM_…``) and an optional TOML file.
+
+Read once at the CLI edge and passed down; library code never reads the environment. Precedence:
+explicit overrides > environment > TOML file (``--config`` or ``GRIDSTREAM_CONFIG``) > defaults.
+Nested settings use ``__`` in env names: ``GRIDSTREAM_KAFKA__BOOTSTRAP_SERVERS=host:9092``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from models.params import ProcessorParams
+from schemas.exceptions import GridstreamError
+
+ENV_PREFIX = "GRIDSTREAM_"
+
+
+class ConfigError(GridstreamError):
+    """A setting is missing or has a bad value; the message names the setting."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "gridstream"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+    batch_size: int = Field(5000, ge=1, le=100_000, description="max readings per batch")
+    batch_timeout_s: float = Field(0.25, gt=0, le=60, description="max wait to fill a batch")
+    create_topics: bool = True
+    partitions: int = Field(6, ge=1, le=10_000, description="partitions of created topics")
+    replication_factor: int = Field(1, ge=1, le=16)
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    session_timeout_ms: int = Field(
+        45_000,
+        ge=1_000,
+        le=3_600_000,
+        description="consumer group session timeout; the embedded broker joins in about half",
+    )
+    extra: dict[str, str] = Field(
+        default_factory=dict, description="passed verbatim to librdkafka (consumer and producer)"
+    )
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka settings shared by consumer, producer and admin client."""
+        conf: dict[str, str] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        optional = {
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "ssl.ca.location": self.ssl_ca_location,
+            "ssl.certificate.location": self.ssl_certificate_location,
+            "ssl.key.location": self.ssl_key_location,
+        }
+        conf.update({k: v for k, v in optional.items() if v is not None})
+        if self.sasl_password is not None:
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        conf.update(self.extra)
+        return conf
+
+
+class TopicSettings(_Section):
+    meter: str = "gridstream.readings.meter"
+    scada: str = "gridstream.readings.scada"
+    forecasts: str = "gridstream.forecasts"
+    anomalies: str = "gridstream.anomalies"
+    dead_letters: str = "gridstream.deadletter"
+    labels: str = "gridstream.sim.labels"
+
+    @field_validator("*")
+    @classmethod
+    def _topic_name(cls, value: str) -> str:
+        if not value or len(value) > 249 or not all(ch.isalnum() or ch in "._-" for ch in value):
+            raise ValueError(f"{value!r} is not a legal Kafka topic name (letters, digits, . _ -)")
+        return value
+
+
+class ClickHouseSettings(_Section):
+    backend: Literal["chdb", "server", "none"] = "chdb"
+    path: Path = Path("gridstream-data/chdb")
+    database: str = Field("gridstream", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    host: str = "localhost"
+    port: int = Field(8123, ge=1, le=65535)
+    username: str = "default"
+    password: SecretStr = SecretStr("")
+    password_file: Path | None = Field(None, description="read the password from this file")
+    secure: bool = False
+    verify: bool = True
+    connect_timeout_s: float = Field(10.0, gt=0)
+    send_receive_timeout_s: float = Field(60.0, gt=0)
+
+    def secret(self) -> str:
+        if self.password_file is not None:
+            try:
+                return self.password_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"GRIDSTREAM_CLICKHOUSE__PASSWORD_FILE: cannot read {self.password_file}: "
+                    f"{exc.strerror}"
+                ) from exc
+        return self.password.get_secret_value()
+
+
+class ProcessingSettings(_Section):
+    max_age_s: int = Field(35 * 86400, gt=0, description="older readings are dead-lettered")
+    max_future_s: int = Field(300, ge=0, description="readings further ahead are dead-lettered")
+    horizons_s: tuple[int, ...] = (900, 3600)
+    emit_threshold: float = Field(0.5, ge=0, le=1)
+    cooldown_s: int = Field(3600, ge=0)
+    warmup: int = Field(12, ge=1)
+
+    def params(self) -> ProcessorParams:
+        return ProcessorParams(
+            horizons_s=tuple(self.horizons_s),
+            emit_threshold=self.emit_threshold,
+            cooldown_s=self.cooldown_s,
+            warmup=self.warmup,
+        )
+
+
+class Settings(BaseSettings):
+    """Every setting of ``gridstream run``; each is documented in the README with its env name."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    clickhouse: ClickHouseSettings = ClickHouseSettings()
+    processing: ProcessingSettings = ProcessingSettings()
+    http_port: int = Field(8000, ge=0, le=65535, description="0 disables the HTTP server")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if settings_cls.model_config.get("toml_file"):
+            sources.append(TomlConfigSettingsSource(settings_cls))
+        return tuple(sources)
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings, turning every validation problem into a ConfigError naming the setting.
+
+    ``config_file`` defaults to ``$GRIDSTREAM_CONFIG``; ``overrides`` win over everything.
+    """
+    _reject_unknown_env(os.environ)
+    path = config_file or os.environ.get(f"{ENV_PREFIX}CONFIG")
+    cls: type[Settings] = Settings
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        cls = type(
+            "Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}}
+        )
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    except ValueError as exc:  # a malformed TOML file or nested JSON in an env var
+        raise ConfigError(f"cannot read configuration: {exc}") from None
+
+
+def env_names() -> set[str]:
+    """Every environment variable name the settings understand."""
+    names = {f"{ENV_PREFIX}CONFIG"}
+    for name, info in Settings.model_fields.items():
+        section = info.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            names.update(f"{ENV_PREFIX}{name}__{sub}".upper() for sub in section.model_fields)
+            names.add(f"{ENV_PREFIX}{name}".upper())
+        else:
+            names.add(f"{ENV_PREFIX}{name}".upper())
+    return names
+
+
+def _reject_unknown_env(environ: os._Environ[str] | dict[str, str]) -> None:
+    """A misspelt variable would otherwise be ignored without a word; refuse it instead."""
+    known = env_names()
+    unknown = sorted(
+        k for k in environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known
+    )
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name.upper(), known, n=1)
+            hints.append(f"  {name}" + (f" (did you mean {close[0]}?)" if close else ""))
+        raise ConfigError("unknown settings in the environment:\n" + "\n".join(hints))
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = ["invalid configuration:"]
+    for err in exc.errors(include_url=False):
+        loc = [str(p) for p in err["loc"]]
+        env_name = ENV_PREFIX + "__".join(loc).upper()
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) or "password" in env_name.lower() else f" (got {got!r})"
+        lines.append(f"  {env_name}: {err['msg']}{shown}")
+    return "\n".join(lines)

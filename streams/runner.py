@@ -1,0 +1,293 @@
+"""The processor loop on confluent-kafka: consume a batch, process it, publish, then commit.
+
+Per batch: ``consume(n, timeout)`` -> decode + validate (bad records become dead letters) ->
+``GridProcessor.process_batch`` -> ClickHouse insert -> produce forecasts, anomalies and dead
+letters and wait for every acknowledgement -> commit the batch's offsets synchronously. A sink
+that is down pauses the assigned partitions and retries the same outputs with backoff; nothing is
+committed until they are written (at-least-once). SIGTERM/SIGINT finish the batch and exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from models.processor import GridProcessor, ProcessResult
+from schemas.batch import DeadLetterRecord, Rejection
+from schemas.decode import METER, SCADA, decode_batch
+from sinks.clickhouse import ClickHouseSink
+from sinks.encode import encode_anomalies, encode_dead_letters, encode_forecasts
+from sinks.exceptions import SinkError
+from sinks.topics import TopicSink
+from streams.config import Settings
+
+log = logging.getLogger("gridstream.runner")
+
+
+@dataclass(slots=True)
+class BatchReport:
+    """What one batch did, for progress displays and metrics."""
+
+    consumed: int
+    readings: int
+    dead_letters: int
+    forecasts: int
+    anomalies: int
+    duration_s: float
+    counters: Counter[str]
+
+
+@dataclass(slots=True)
+class RunStats:
+    batches: int = 0
+    counters: Counter[str] = field(default_factory=Counter)
+
+
+def ensure_topics(settings: Settings, admin: AdminClient | None = None) -> list[str]:
+    """Create the input and output topics that do not exist yet; returns the ones created."""
+    admin = admin or AdminClient(settings.kafka.client_config())
+    t = settings.topics
+    wanted = [t.meter, t.scada, t.forecasts, t.anomalies, t.dead_letters]
+    existing = set(admin.list_topics(timeout=10).topics)
+    missing = [name for name in wanted if name not in existing]
+    if not missing:
+        return []
+    futures = admin.create_topics(
+        [
+            NewTopic(name, settings.kafka.partitions, settings.kafka.replication_factor)
+            for name in missing
+        ]
+    )
+    created = []
+    for name, fut in futures.items():
+        try:
+            fut.result(timeout=30)
+            created.append(name)
+        except Exception as exc:  # noqa: BLE001 - another worker may have created it first
+            err = exc.args[0] if exc.args else None
+            if not (isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS):
+                raise
+    return created
+
+
+class StreamRunner:
+    """Runs a ``GridProcessor`` against Kafka topics; clients are created on ``run``.
+
+    The caller applies the ClickHouse schema (``ClickHouseSink.ensure_schema``) before ``run``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        processor: GridProcessor | None = None,
+        clickhouse: ClickHouseSink | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_batch: Callable[[BatchReport], None] | None = None,
+        max_backoff_s: float = 30.0,
+    ) -> None:
+        self.settings = settings
+        self.processor = processor or GridProcessor(settings.processing.params())
+        self.clickhouse = clickhouse
+        self.clock = clock
+        self.on_batch = on_batch
+        self.max_backoff_s = max_backoff_s
+        self.stats = RunStats()
+        t = settings.topics
+        self._contract = {t.meter: METER, t.scada: SCADA}
+        self._consumer: Consumer | None = None
+        self._topics: TopicSink | None = None
+        self.assigned: set[tuple[str, int]] = set()
+
+    # -- clients -----------------------------------------------------------------------------
+    def _make_clients(self) -> tuple[Consumer, TopicSink]:
+        k = self.settings.kafka
+        base = k.client_config()
+        consumer = Consumer(
+            {
+                **base,
+                "group.id": k.group_id,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": k.auto_offset_reset,
+                "isolation.level": "read_committed",
+                "enable.partition.eof": False,
+                "session.timeout.ms": k.session_timeout_ms,
+                "heartbeat.interval.ms": max(100, k.session_timeout_ms // 5),
+            }
+        )
+        producer = Producer(
+            {
+                **base,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "batch.num.messages": 10_000,
+                "queue.buffering.max.messages": 500_000,
+            }
+        )
+        return consumer, TopicSink(producer)
+
+    def _on_assign(self, _consumer: Consumer, parts: list[TopicPartition]) -> None:
+        self.assigned.update((p.topic, p.partition) for p in parts)
+        self.stats.counters["rebalances"] += 1
+        log.info("assigned %s", sorted(self.assigned))
+
+    def _on_revoke(self, _consumer: Consumer, parts: list[TopicPartition]) -> None:
+        # Offsets are committed synchronously after every batch, so nothing is pending here.
+        self.assigned.difference_update((p.topic, p.partition) for p in parts)
+        log.info("revoked %s", [(p.topic, p.partition) for p in parts])
+
+    # -- loop --------------------------------------------------------------------------------
+    def run(
+        self, stop: threading.Event | None = None, idle_exit_s: float | None = None
+    ) -> RunStats:
+        """Process until ``stop`` is set (or no input for ``idle_exit_s``); returns the totals."""
+        stop = stop or threading.Event()
+        if self.settings.kafka.create_topics:
+            ensure_topics(self.settings)
+        consumer, topics = self._make_clients()
+        self._consumer, self._topics = consumer, topics
+        t = self.settings.topics
+        consumer.subscribe([t.meter, t.scada], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        k = self.settings.kafka
+        last_input = time.monotonic()
+        try:
+            while not stop.is_set():
+                msgs = consumer.consume(k.batch_size, k.batch_timeout_s)
+                if not msgs:
+                    if not self.assigned:
+                        last_input = time.monotonic()  # idle time counts from the assignment
+                    elif idle_exit_s is not None and time.monotonic() - last_input > idle_exit_s:
+                        break
+                    continue
+                last_input = time.monotonic()
+                self._process(msgs, stop)
+        finally:
+            consumer.close()  # leaves the group; every processed batch is already committed
+            topics.producer.flush(10)
+        return self.stats
+
+    def _process(self, msgs: list[Message], stop: threading.Event) -> None:
+        started = time.perf_counter()
+        good: list[Message] = []
+        for m in msgs:
+            err = m.error()
+            if err is None:
+                good.append(m)
+            elif err.fatal():
+                raise SinkError(f"fatal consumer error: {err.str()}")
+            else:
+                self.stats.counters["consumer_errors"] += 1
+                log.warning("consumer error: %s", err.str())
+        if not good:
+            return
+        now_ms = int(self.clock() * 1000)
+        p = self.settings.processing
+        decoded = decode_batch(
+            [m.value() for m in good],
+            [self._contract[m.topic()] for m in good],
+            now_ms=now_ms,
+            max_age_ms=p.max_age_s * 1000,
+            max_future_ms=p.max_future_s * 1000,
+        )
+        readings = decoded.readings
+        result = self.processor.process_batch(readings, now_ms)
+        rejections = decoded.rejections + result.rejections  # both index the consumed batch
+        dead = [_dead_letter(good[r.src_index], r, now_ms) for r in rejections]
+        self._deliver(result, dead, now_ms, stop)
+        self._commit(good)
+        c = self.stats.counters
+        c.update(result.counters)
+        c["consumed"] += len(good)
+        c["dead_letters"] += len(dead)
+        for r in rejections:
+            c[f"dead_letter_{r.error_class}"] += 1
+        self.stats.batches += 1
+        if self.on_batch is not None:
+            self.on_batch(
+                BatchReport(
+                    consumed=len(good),
+                    readings=len(readings),
+                    dead_letters=len(dead),
+                    forecasts=len(result.forecasts),
+                    anomalies=len(result.anomalies),
+                    duration_s=time.perf_counter() - started,
+                    counters=result.counters,
+                )
+            )
+
+    def _deliver(
+        self,
+        result: ProcessResult,
+        dead: list[DeadLetterRecord],
+        now_ms: int,
+        stop: threading.Event,
+    ) -> None:
+        """Write ClickHouse and the topics; while a sink is down, pause input and retry."""
+        t = self.settings.topics
+        outputs = [
+            (t.forecasts, encode_forecasts(result.forecasts)),
+            (t.anomalies, encode_anomalies(result.anomalies)),
+            (t.dead_letters, encode_dead_letters(dead)),
+        ]
+        written_ch = self.clickhouse is None
+        backoff = 0.5
+        paused = False
+        assert self._consumer is not None and self._topics is not None
+        try:
+            while True:
+                try:
+                    if not written_ch:
+                        self.clickhouse.write(result.forecasts, result.anomalies, dead, now_ms)
+                        written_ch = True
+                    self._topics.publish(outputs)
+                    return
+                except SinkError as exc:
+                    if not exc.retryable or stop.is_set():
+                        raise
+                    self.stats.counters["sink_retries"] += 1
+                    log.warning("output failed, retrying in %.1f s: %s", backoff, exc)
+                    if not paused:
+                        self._consumer.pause(self._consumer.assignment())
+                        paused = True
+                    deadline = time.monotonic() + backoff
+                    while time.monotonic() < deadline and not stop.is_set():
+                        self._consumer.poll(min(0.2, backoff))  # stay in the group while paused
+                    backoff = min(backoff * 2, self.max_backoff_s)
+        finally:
+            if paused:
+                self._consumer.resume(self._consumer.assignment())
+
+    def _commit(self, msgs: list[Message]) -> None:
+        last: dict[tuple[str, int], int] = {}
+        for m in msgs:
+            key = (m.topic(), m.partition())
+            off = m.offset()
+            if off > last.get(key, -1):
+                last[key] = off
+        assert self._consumer is not None
+        self._consumer.commit(
+            offsets=[TopicPartition(tp, part, off + 1) for (tp, part), off in last.items()],
+            asynchronous=False,
+        )
+
+
+def _dead_letter(msg: Message, rejection: Rejection, now_ms: int) -> DeadLetterRecord:
+    return DeadLetterRecord(
+        source_topic=msg.topic(),
+        source_partition=msg.partition(),
+        source_offset=msg.offset(),
+        key=msg.key(),
+        raw=msg.value() or b"",
+        error_class=rejection.error_class,
+        error=rejection.error,
+        dead_lettered_ms=now_ms,
+    )
