@@ -8,10 +8,9 @@ drop a redelivered copy.
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, Base64Bytes, BaseModel, ConfigDict, Field
 
 Severity = Literal["info", "warning", "critical"]
 SEVERITIES: tuple[Severity, ...] = ("info", "warning", "critical")
@@ -103,11 +102,11 @@ class DeadLetter(BaseModel):
     source_topic: str
     source_partition: int
     source_offset: int
-    key: bytes | None
-    raw: bytes = Field(description="the original value bytes, unchanged")
+    key: Base64Bytes | None = Field(description="the original key bytes, base64 in JSON")
+    raw: Base64Bytes = Field(description="the original value bytes, unchanged; base64 in JSON")
     error_class: ErrorClass
     error: str = Field(description="what was wrong and where (field, value)")
-    dead_lettered_at: datetime
+    dead_lettered_at: AwareDatetime
 
 
 class LabelledAnomaly(BaseModel):
