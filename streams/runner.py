@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from models.processor import GridProcessor, ProcessResult
-from schemas.batch import DeadLetterRecord, Rejection
+from schemas.batch import DeadLetterRecord, ReadingBatch, Rejection
 from schemas.decode import METER, SCADA, decode_batch
 from sinks.clickhouse import ClickHouseSink
 from sinks.encode import encode_anomalies, encode_dead_letters, encode_forecasts
@@ -42,6 +42,8 @@ class BatchReport:
     anomalies: int
     duration_s: float
     counters: Counter[str]
+    readings_batch: ReadingBatch
+    result: ProcessResult
 
 
 @dataclass(slots=True)
@@ -221,6 +223,8 @@ class StreamRunner:
                     anomalies=len(result.anomalies),
                     duration_s=time.perf_counter() - started,
                     counters=result.counters,
+                    readings_batch=readings,
+                    result=result,
                 )
             )
 
