@@ -23,7 +23,7 @@ class ProcessorParams:
     warmup: int = 12  # readings an entity needs before it is scored
     seasonal_min_days: int = 3  # observations of a time-of-day bucket before departures count
     forecast_min: int = 3  # readings an entity needs before it gets forecasts
-    cusum_k: float = 1.0  # CUSUM slack, in residual scales
+    cusum_k: float = 2.0  # CUSUM slack, in seasonal scales: weather and weekdays stay below
     cusum_h: float = 10.0  # CUSUM level at which the seasonal detector scores 0.5
     z_mid: float = 6.0  # |z| at which a z-score detector scores 0.5
     z_width: float = 0.8  # logistic width of z-score detectors

@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 
 from schemas.exceptions import GridstreamError
@@ -100,11 +101,49 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from streams.simulate_cli import simulate
+    from pathlib import Path
+
+    from streams.runner import ensure_topics
+    from streams.simulation import SimConfig
+    from streams.simulator import run_simulator
 
     settings = _settings(args)
     _setup_logging(settings.log_level, settings.log_format)
-    return simulate(settings, args, _stop_on_signals())
+    stop = _stop_on_signals()
+    if args.seconds is not None:  # wall-clock limit; the simulator's own limits are simulated time
+        timer = threading.Timer(args.seconds, stop.set)
+        timer.daemon = True
+        timer.start()
+    if settings.kafka.create_topics:
+        ensure_topics(settings)
+    config = SimConfig(meters=args.meters, assets=args.assets, seed=args.seed)
+    now_ms = int(time.time() * 1000)
+    start_ms = now_ms - int(args.backfill_hours * 3_600_000)
+    print(
+        f"simulating {args.meters} meters and {args.assets} SCADA assets into "
+        f"{settings.topics.meter} / {settings.topics.scada} on "
+        f"{settings.kafka.bootstrap_servers}"
+        + (f", labels to {args.labels}" if args.labels else ""),
+        flush=True,
+    )
+    stats = run_simulator(
+        settings.kafka.client_config(),
+        settings.topics.meter,
+        settings.topics.scada,
+        config,
+        start_ms=start_ms,
+        speed=args.speed if args.backfill_hours == 0 else float("inf"),
+        follow_clock=True,
+        labels_path=Path(args.labels) if args.labels else None,
+        labels_topic=settings.topics.labels,
+        stop_event=stop,
+    )
+    print(
+        f"produced {stats.produced:,} readings ({stats.duplicates:,} duplicates, "
+        f"{stats.late:,} late, {stats.missing:,} missing), {stats.labels:,} labelled anomalies, "
+        f"{stats.delivery_errors:,} delivery errors in {stats.wall_s:.1f} s"
+    )
+    return 1 if stats.delivery_errors else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
