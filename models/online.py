@@ -4,9 +4,16 @@ river scores one dict at a time, so it is the one per-event cost in the core. Tw
 small: the model is global (features are already standardised per entity, so one model serves all
 entities), it learns from one reading in ``hst_learn_every``, and it only scores readings that a
 vectorised detector already finds suspicious (``hst_gate``); every other reading scores 0.
+
+Which readings it learns is a hash of (entity, ts), not of arrival position, and the processor
+feeds it one batch in arrival order, so its output is the same however the stream is cut into
+batches (river's "batch == one by one" check).
 """
 
 from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
 
 import numpy as np
 from river import anomaly
@@ -45,24 +52,43 @@ class GatedHalfSpaceTrees:
         ]
         return np.column_stack(cols)
 
-    def score_and_learn(self, x: np.ndarray, gate: np.ndarray, warm: np.ndarray) -> np.ndarray:
-        """Scores of the gated rows (0 elsewhere), then learn the sampled warm rows."""
-        out = np.zeros(x.shape[0], dtype=np.float64)
-        rows = np.flatnonzero(gate & warm)
-        # Until the trees have seen a full window their mass profile is empty: no scores yet.
-        if rows.size and self.learned >= self.params.hst_window:
-            score_one = self.model.score_one
-            for j in rows:
-                out[j] = score_one(dict(zip(FEATURES, x[j].tolist(), strict=True)))
-            self.scored += int(rows.size)
+    def learn_schedule(self, keys: Sequence[str], ts_ms: np.ndarray) -> np.ndarray:
+        """True for the one reading in ``hst_learn_every`` that is learned, chosen by a hash of
+        (entity key, ts): the same readings whatever the batch boundaries, arrival order, restarts
+        or partition assignment, and not aligned with the time of day as a modulo of ts would be.
+        """
         every = self.params.hst_learn_every
-        n = x.shape[0]
-        first = (-self.seen) % every
-        sample = np.arange(first, n, every)
-        sample = sample[warm[sample] & ~gate[sample]]  # learn what normal looks like
-        learn_one = self.model.learn_one
-        for j in sample:
-            learn_one(dict(zip(FEATURES, x[j].tolist(), strict=True)))
-        self.learned += int(sample.size)
-        self.seen += n
+        if every <= 1:
+            return np.ones(len(keys), dtype=bool)
+        crc = {k: zlib.crc32(k.encode()) for k in set(keys)}
+        h = np.fromiter((crc[k] for k in keys), dtype=np.uint64, count=len(keys))
+        x = (h * np.uint64(0x9E3779B97F4A7C15)) ^ np.asarray(ts_ms, dtype=np.int64).view(np.uint64)
+        x ^= x >> np.uint64(30)  # splitmix64 finaliser: every bit of key and ts mixes in
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+        return x % np.uint64(every) == 0
+
+    def score_and_learn(
+        self, x: np.ndarray, gate: np.ndarray, warm: np.ndarray, learn: np.ndarray
+    ) -> np.ndarray:
+        """One reading after the other, in the order given: score it if gated (0 otherwise), then
+        learn it if ``learn`` selects it, it is warm and not gated (learn what normal looks like).
+        """
+        out = np.zeros(x.shape[0], dtype=np.float64)
+        score_rows = gate & warm
+        learn_rows = learn & warm & ~gate
+        score_one, learn_one = self.model.score_one, self.model.learn_one
+        window = self.params.hst_window
+        for j in np.flatnonzero(score_rows | learn_rows):
+            xj = dict(zip(FEATURES, x[j].tolist(), strict=True))
+            # Until the trees have seen a full window their mass profile is empty: no scores yet.
+            if score_rows[j] and self.learned >= window:
+                out[j] = score_one(xj)
+                self.scored += 1
+            elif learn_rows[j]:
+                learn_one(xj)
+                self.learned += 1
+        self.seen += x.shape[0]
         return out

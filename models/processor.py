@@ -5,7 +5,9 @@ the same object runs live under Kafka, in a backtest and in a benchmark.
 
 A batch may hold several readings of one entity. They are processed in *rounds*: round k holds
 the k-th reading of every entity in the batch, so each round touches an entity at most once and
-is fully vectorised, while readings of one entity still see each other in arrival order.
+is fully vectorised, while readings of one entity still see each other in arrival order. The
+global river model is the exception: it sees the batch's readings one by one in arrival order
+after the rounds, then each round is fused and emitted, so output never depends on batch cuts.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import pickle
 from collections import Counter
 from dataclasses import dataclass, field
+from time import perf_counter
 
 import numpy as np
 import river
@@ -49,6 +52,7 @@ class ProcessResult:
     expected: np.ndarray  # float64 per input row: the one-step expectation it was scored against
     forecast_rows: np.ndarray  # int64: input row of each forecast
     counters: Counter[str] = field(default_factory=Counter)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per model (model_versions)
 
 
 class GridProcessor:
@@ -87,14 +91,32 @@ class GridProcessor:
             return res
         keys = (batch.kind + "\x1f" + batch.entity).tolist()
         slots = self.state.slots_for(keys, batch.kind.tolist())
-        forecast_parts: list[_Part] = []
+        t0 = perf_counter()
+        rounds: list[_Round] = []
         for rows in _rounds(slots):
-            part = self._round(batch, rows, slots[rows], res, now_ms)
-            if part is not None:
-                forecast_parts.append(part)
+            rnd = self._round(batch, rows, slots[rows], res)
+            if rnd is not None:
+                rounds.append(rnd)
+        t1 = perf_counter()
+        if rounds:
+            self._online_scores(batch, keys, rounds)
+        t2 = perf_counter()
+        emitted: list[tuple[int, AnomalyRecord]] = []
+        for rnd in rounds:  # round order keeps each entity's cooldown in arrival order
+            emitted.extend(self._fuse_and_emit(batch, rnd, res, now_ms))
+        emitted.sort(key=lambda e: e[0])  # events in input order, as one-by-one would give them
+        res.anomalies = [ev for _, ev in emitted]
         res.rejections.sort(key=lambda r: r.src_index)
+        t3 = perf_counter()
+        forecast_parts = [rnd.forecast for rnd in rounds if rnd.forecast is not None]
         if forecast_parts:
             res.forecasts, res.forecast_rows = self._assemble_forecasts(batch, forecast_parts)
+        in_rounds = res.timings.get("nowcast", 0.0)  # forecast time inside the rounds
+        res.timings.update(
+            nowcast=in_rounds + perf_counter() - t3,
+            detectors=(t1 - t0) - in_rounds + (t3 - t2),
+            online=t2 - t1,
+        )
         res.counters["readings"] += n
         res.counters["forecasts"] += len(res.forecasts)
         return res
@@ -129,8 +151,8 @@ class GridProcessor:
 
     # -- one round: each entity at most once -------------------------------------------------
     def _round(
-        self, batch: ReadingBatch, rows: np.ndarray, s: np.ndarray, res: ProcessResult, now_ms: int
-    ) -> _Part | None:
+        self, batch: ReadingBatch, rows: np.ndarray, s: np.ndarray, res: ProcessResult
+    ) -> _Round | None:
         p, c = self.params, self.state.cols
         ts = batch.ts_ms[rows]
         v = batch.value[rows]
@@ -187,28 +209,15 @@ class GridProcessor:
             "channel": det.z_score(zc, p),
         }
         fast_max = np.maximum.reduce(list(scores.values()))
-        features = self.online.features(z, zs, np.maximum(cpos, cneg), zc, run)
-        scores["hst"] = self.online.score_and_learn(features, fast_max > p.hst_gate, warm)
-        fused = np.where(warm, det.fuse(scores, p), 0.0)
-        rank = np.where(warm, det.severity_rank(fused, p), -1)
-        res.score[rows] = np.where(warm, fused, np.nan)
-        res.severity[rows] = rank
-        res.expected[rows] = expected
-        res.counters["scored"] += int(warm.sum())
-        res.counters["warming_up"] += int((~warm).sum())
-
-        self._emit(
-            batch,
-            rows,
-            s,
-            ts,
-            fused,
-            rank,
-            scores,
-            warm,
-            res,
-            now_ms,
-            {
+        rnd = _Round(
+            rows=rows,
+            s=s,
+            ts=ts,
+            warm=warm,
+            scores=scores,
+            hst_x=self.online.features(z, zs, np.maximum(cpos, cneg), zc, run),
+            hst_gate=fast_max > p.hst_gate,
+            feats={
                 "z": z,
                 "zs": zs,
                 "zc": zc_all,
@@ -216,9 +225,12 @@ class GridProcessor:
                 "prof": prof,
                 "prof_seen": prof_seen,
                 "run": run,
-                "chan_mean": c["chan_mean"][s],
+                "chan_mean": c["chan_mean"][s],  # a copy: the state before learning
             },
         )
+        res.expected[rows] = expected
+        res.counters["scored"] += int(warm.sum())
+        res.counters["warming_up"] += int((~warm).sum())
 
         # -- learn ---------------------------------------------------------------------------
         self._learn(
@@ -240,42 +252,61 @@ class GridProcessor:
             cpos,
             cneg,
         )
-        return self._forecasts(rows, s, ts)
+        started = perf_counter()
+        rnd.forecast = self._forecasts(rows, s, ts)
+        res.timings["nowcast"] = res.timings.get("nowcast", 0.0) + perf_counter() - started
+        return rnd
 
-    def _emit(
-        self,
-        batch: ReadingBatch,
-        rows: np.ndarray,
-        s: np.ndarray,
-        ts: np.ndarray,
-        fused: np.ndarray,
-        rank: np.ndarray,
-        scores: dict[str, np.ndarray],
-        warm: np.ndarray,
-        res: ProcessResult,
-        now_ms: int,
-        feats: dict[str, np.ndarray],
-    ) -> None:
+    def _online_scores(self, batch: ReadingBatch, keys: list[str], rounds: list[_Round]) -> None:
+        """The river model over the batch's scored readings one by one, in arrival order."""
+        rows = np.concatenate([r.rows for r in rounds])
+        order = np.argsort(rows, kind="stable")
+        arrival = rows[order]
+
+        def cat(name: str) -> np.ndarray:
+            return np.concatenate([getattr(r, name) for r in rounds])[order]
+
+        learn = self.online.learn_schedule([keys[i] for i in arrival], batch.ts_ms[arrival])
+        by_row = np.zeros(len(batch), dtype=np.float64)
+        by_row[arrival] = self.online.score_and_learn(
+            cat("hst_x"), cat("hst_gate"), cat("warm"), learn
+        )
+        for r in rounds:
+            r.scores["hst"] = by_row[r.rows]
+
+    def _fuse_and_emit(
+        self, batch: ReadingBatch, rnd: _Round, res: ProcessResult, now_ms: int
+    ) -> list[tuple[int, AnomalyRecord]]:
+        """Fused score and severity of a round, and its events (with their input rows)."""
         p, c = self.params, self.state.cols
-        over = warm & (fused >= p.emit_threshold)
+        rows, s, ts, warm, scores = rnd.rows, rnd.s, rnd.ts, rnd.warm, rnd.scores
+        fused = np.where(warm, det.fuse(scores, p), 0.0)
+        rank = np.where(warm, det.severity_rank(fused, p), -1)
+        res.score[rows] = np.where(warm, fused, np.nan)
+        res.severity[rows] = rank
+        # An event needs a severity: below the info threshold there is none to publish.
+        over = warm & (fused >= p.emit_threshold) & (rank >= 0)
         if not over.any():
-            return
-        in_cooldown = (ts - c["last_event_ts"][s] < p.cooldown_s * 1000) & (
-            rank <= c["last_event_rank"][s]
+            return []
+        last_ts = c["last_event_ts"][s]  # NO_TS: no event yet (ts - NO_TS would overflow)
+        in_cooldown = (
+            (last_ts != NO_TS)
+            & (ts - last_ts < p.cooldown_s * 1000)
+            & (rank <= c["last_event_rank"][s])
         )
         emit = over & ~in_cooldown
         res.counters["suppressed_cooldown"] += int((over & in_cooldown).sum())
         idx = np.flatnonzero(emit)
         if idx.size == 0:
-            return
+            return []
         c["last_event_ts"][s[idx]] = ts[idx]
         c["last_event_rank"][s[idx]] = rank[idx]
         events = build_events(
-            batch, rows, idx, fused, rank, scores, feats, p, self.model_versions, now_ms
+            batch, rows, idx, fused, rank, scores, rnd.feats, p, self.model_versions, now_ms
         )
-        res.anomalies.extend(events)
         for ev in events:
             res.counters[f"anomalies_{ev.severity}"] += 1
+        return list(zip(rows[idx].tolist(), events, strict=True))
 
     def _learn(
         self,
@@ -329,7 +360,10 @@ class GridProcessor:
         regular = seen & (delta > 0) & ~(np.isfinite(interval) & (delta > 10.0 * interval))
         c["interval_ms"][s] = np.where(regular, _ewma(interval, delta, 0.1), interval)
         c["run"][s] = run
-        long_run = run >= 3
+        # Freeze the repeat rate during a long run of a warm entity (a stuck episode must not teach
+        # it that repeats are normal), but not while warming up: an entity that repeats from its
+        # first reading on is one that repeats, and must not raise a stuck alarm every cooldown.
+        long_run = (run >= 3) & (count >= p.warmup)
         c["repeat_rate"][s] = np.where(
             long_run, c["repeat_rate"][s], _ewma(c["repeat_rate"][s], same_value * 1.0, 0.01)
         )
@@ -420,6 +454,21 @@ class GridProcessor:
             model=self.model,
         )
         return fb, rows
+
+
+@dataclass(slots=True)
+class _Round:
+    """One round's readings after learning: what fusion and emission still need."""
+
+    rows: np.ndarray
+    s: np.ndarray
+    ts: np.ndarray
+    warm: np.ndarray
+    scores: dict[str, np.ndarray]
+    hst_x: np.ndarray
+    hst_gate: np.ndarray
+    feats: dict[str, np.ndarray]
+    forecast: _Part | None = None
 
 
 @dataclass(frozen=True, slots=True)
