@@ -288,19 +288,21 @@ class GridProcessor:
         over = warm & (fused >= p.emit_threshold) & (rank >= 0)
         if not over.any():
             return []
-        last_ts = c["last_event_ts"][s]  # NO_TS: no event yet (ts - NO_TS would overflow)
-        in_cooldown = (
-            (last_ts != NO_TS)
-            & (ts - last_ts < p.cooldown_s * 1000)
-            & (rank <= c["last_event_rank"][s])
-        )
+        # One incident, one event: an incident lasts while readings stay above threshold with
+        # gaps shorter than the cooldown; within it only a higher severity is published again.
+        last_ts = c["last_event_ts"][s]  # NO_TS: no incident yet (ts - NO_TS would overflow)
+        last_rank = c["last_event_rank"][s]
+        ongoing = (last_ts != NO_TS) & (ts - last_ts < p.cooldown_s * 1000)
+        in_cooldown = ongoing & (rank <= last_rank)
         emit = over & ~in_cooldown
         res.counters["suppressed_cooldown"] += int((over & in_cooldown).sum())
+        c["last_event_ts"][s[over]] = ts[over]
+        c["last_event_rank"][s[over]] = np.where(
+            ongoing[over], np.maximum(rank[over], last_rank[over]), rank[over]
+        )
         idx = np.flatnonzero(emit)
         if idx.size == 0:
             return []
-        c["last_event_ts"][s[idx]] = ts[idx]
-        c["last_event_rank"][s[idx]] = rank[idx]
         events = build_events(
             batch, rows, idx, fused, rank, scores, rnd.feats, p, self.model_versions, now_ms
         )
@@ -329,18 +331,16 @@ class GridProcessor:
         cneg,
     ) -> None:
         p, c = self.params, self.state.cols
-        # Winsorise what is learned, so one wild reading does not inflate the scales.
-        scale = c["scale"][s]
-        abs_r = np.abs(resid)
-        abs_r = np.where(np.isfinite(scale), np.minimum(abs_r, 4.0 * scale + 1e-12), abs_r)
         count = c["count"][s]
-        c["scale"][s] = _ewma(scale, abs_r, _warm_rate(count, p.scale_rate))
+        scale = c["scale"][s]
+        warm = count >= p.warmup
+        c["scale"][s] = _robust_scale(scale, np.abs(resid), _warm_rate(count, p.scale_rate), warm)
         sscale = c["seasonal_scale"][s]
-        abs_s = np.abs(dev_s)
-        abs_s = np.where(np.isfinite(sscale), np.minimum(abs_s, 4.0 * sscale + 1e-12), abs_s)
         s_n = c["seasonal_n"][s]
         c["seasonal_scale"][s] = np.where(
-            prof_seen, _ewma(sscale, abs_s, _warm_rate(s_n, p.scale_rate)), sscale
+            prof_seen,
+            _robust_scale(sscale, np.abs(dev_s), _warm_rate(s_n, p.scale_rate), s_n >= p.warmup),
+            sscale,
         )
         c["seasonal_n"][s] = s_n + prof_seen
         c["cusum_pos"][s], c["cusum_neg"][s] = cpos, cneg
@@ -369,18 +369,23 @@ class GridProcessor:
         )
         has = np.isfinite(chan_vals)
         old_mean = c["chan_mean"][s]
+        old_scale = c["chan_scale"][s]
+        # Winsorise like the value scales: a sustained sag moves the mean by at most 4 scales a
+        # reading times the rate, so it stays anomalous for hours instead of being learned.
+        warm_chan = (count >= p.warmup)[:, None] & np.isfinite(old_scale)
+        bound = 4.0 * old_scale + 1e-12
+        learn_chan = np.where(
+            warm_chan, np.clip(chan_vals, old_mean - bound, old_mean + bound), chan_vals
+        )
+        rate = _warm_rate(count, p.channel_rate)[:, None]
         c["chan_scale"][s] = np.where(
             has & np.isfinite(old_mean),
-            _ewma(
-                c["chan_scale"][s],
-                np.abs(chan_vals - old_mean),
-                _warm_rate(count, p.channel_rate)[:, None],
+            _robust_scale(
+                old_scale, np.abs(chan_vals - old_mean), rate, warm[:, None], clipped_rate=0.1
             ),
-            c["chan_scale"][s],
+            old_scale,
         )
-        c["chan_mean"][s] = np.where(
-            has, _ewma(old_mean, chan_vals, _warm_rate(count, p.channel_rate)[:, None]), old_mean
-        )
+        c["chan_mean"][s] = np.where(has, _ewma(old_mean, learn_chan, rate), old_mean)
         pos = c["head"][s] % p.window
         c["ring_value"][s, pos] = v
         c["ring_ts"][s, pos] = ts
@@ -488,6 +493,27 @@ def _ewma(old: np.ndarray, new: np.ndarray, rate: float | np.ndarray) -> np.ndar
     """EWMA step that starts at the first observation; NaN observations leave it unchanged."""
     stepped = np.where(np.isfinite(old), old + rate * (new - old), new)
     return np.where(np.isfinite(new), stepped, old)
+
+
+def _robust_scale(
+    scale: np.ndarray,
+    abs_dev: np.ndarray,
+    rate: np.ndarray | float,
+    warm: np.ndarray,
+    clipped_rate: float = 1.0,
+) -> np.ndarray:
+    """EWMA of absolute deviations, winsorised at 4 scales once warm.
+
+    ``clipped_rate`` scales the rate for clipped deviations. At 1.0 a sustained departure grows
+    the scale by ~15 % a reading, so it is learned as normal within hours: right for power,
+    whose variance really moves with weather and whose level shifts the seasonal CUSUM reports.
+    Voltage and frequency use 0.1: a sag stays anomalous while it lasts, and a scale that started
+    too small still grows, slowly. During warm-up every deviation is learned as it is.
+    """
+    bound = 4.0 * scale + 1e-12
+    clipped = warm & np.isfinite(scale) & (abs_dev > bound)
+    learned = np.where(clipped, bound, abs_dev)
+    return _ewma(scale, learned, np.where(clipped, np.asarray(rate) * clipped_rate, rate))
 
 
 def _warm_rate(n: np.ndarray, rate: float) -> np.ndarray:

@@ -23,10 +23,20 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(getattr(args, "config", None))
 
 
-def _setup_logging(level: str, fmt: str) -> None:
+def _setup_logging(level: str, fmt: str, secrets: Sequence[str] = ()) -> None:
     from streams.logs import configure
 
-    configure(level, fmt)
+    configure(level, fmt, redact=secrets)
+
+
+def _secrets(settings: Settings) -> list[str]:
+    """Values that must never reach a log line, whatever a library puts in its messages."""
+    values = []
+    if settings.kafka.sasl_password is not None:
+        values.append(settings.kafka.sasl_password.get_secret_value())
+    if settings.clickhouse.backend == "server":
+        values.append(settings.clickhouse.secret())
+    return [v for v in values if v]
 
 
 def _stop_on_signals() -> threading.Event:
@@ -44,26 +54,44 @@ def _stop_on_signals() -> threading.Event:
 
 # -- commands ----------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
+    from models.processor import GridProcessor
+    from streams.http import start_http_server
+    from streams.monitor import Monitor
     from streams.runner import StreamRunner
     from streams.wiring import clickhouse_sink
 
-    settings = _settings(args)
-    _setup_logging(settings.log_level, settings.log_format)
+    port = getattr(args, "http_port", None)
+    settings = load_settings(args.config, **({} if port is None else {"http_port": port}))
+    _setup_logging(settings.log_level, settings.log_format, _secrets(settings))
     stop = _stop_on_signals()
-    sink = clickhouse_sink(settings)
-    if sink is not None:
-        sink.ensure_schema()
-    runner = StreamRunner(settings, clickhouse=sink)
-    log.info(
-        "gridstream run: kafka %s group %s, inputs %s + %s, clickhouse %s",
-        settings.kafka.bootstrap_servers,
-        settings.kafka.group_id,
-        settings.topics.meter,
-        settings.topics.scada,
-        settings.clickhouse.backend,
-    )
-    stats = runner.run(stop)
-    log.info("stopped after %d batches: %s", stats.batches, dict(stats.counters))
+    processor = GridProcessor(settings.processing.params())
+    monitor = Monitor(processor, clickhouse_enabled=settings.clickhouse.backend != "none")
+    server = None
+    if settings.http_port:  # up before the slow start-up steps: /health says "starting"
+        server = start_http_server(
+            settings.http_port, monitor.health, monitor.registry, monitor.models
+        )
+    try:
+        sink = clickhouse_sink(settings)
+        if sink is not None:
+            sink.ensure_schema()
+            monitor.health.clickhouse_connected()
+        runner = StreamRunner(settings, processor, sink, monitor=monitor)
+        log.info(
+            "gridstream run: kafka %s (%s) group %s, inputs %s + %s, clickhouse %s, http %s",
+            settings.kafka.bootstrap_servers,
+            settings.kafka.security_protocol,
+            settings.kafka.group_id,
+            settings.topics.meter,
+            settings.topics.scada,
+            settings.clickhouse.backend,
+            settings.http_port or "off",
+        )
+        stats = runner.run(stop)
+        log.info("stopped after %d batches: %s", stats.batches, dict(stats.counters))
+    finally:
+        if server is not None:
+            server.stop()
     return 0
 
 
@@ -132,7 +160,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         settings.topics.scada,
         config,
         start_ms=start_ms,
-        speed=args.speed if args.backfill_hours == 0 else float("inf"),
+        speed=args.speed,
         follow_clock=True,
         labels_path=Path(args.labels) if args.labels else None,
         labels_topic=settings.topics.labels,
@@ -160,6 +188,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from collections import Counter
+    from pathlib import Path
+
+    from streams.backtest import backtest_file
+
+    if args.batch_size < 1:
+        print(f"gridstream: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
+        return 2
+    params = _settings(args).processing.params()
+    started = time.perf_counter()
+    result = backtest_file(Path(args.input), Path(args.output), params, args.batch_size)
+    c = result.counters
+    dead = Counter(x for x in result.dead_letter if x is not None)
+    sev = Counter(ev.severity for ev in result.events)
+    print(
+        f"backtest: {len(result):,} rows in {time.perf_counter() - started:.1f} s -> "
+        f"{args.output}; scored {c['scored']:,}, warming up {c['warming_up']:,}, "
+        f"duplicates dropped {c['dropped_duplicate']:,}, dead letters {sum(dead.values()):,}"
+        + (f" ({', '.join(f'{k} {v:,}' for k, v in dead.most_common())})" if dead else "")
+    )
+    print(
+        f"anomaly events: critical {sev['critical']:,}, warning {sev['warning']:,}, "
+        f"info {sev['info']:,} (horizons {', '.join(f'{h} s' for h in params.horizons_s)})"
+    )
+    return 0
+
+
 # -- parser ------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -170,6 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="the processor, configured by env/file")
+    p.add_argument(
+        "--http-port",
+        type=int,
+        default=None,
+        help="port of /health, /metrics, /models (default $GRIDSTREAM_HTTP_PORT or 8000; 0 = off)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="broker + embedded ClickHouse + simulator + processor")
@@ -185,14 +247,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--backfill-hours",
         type=float,
         default=0.0,
-        help="start this far in the past and catch up as fast as possible",
+        help="start this far in the past and catch up at --speed",
     )
     p.add_argument("--seconds", type=float, default=None, help="stop after this long")
     p.add_argument(
         "--speed",
         type=float,
-        default=1.0,
-        help="simulated seconds per second once caught up (default real time)",
+        default=float("inf"),
+        help="simulated seconds per second during a backfill (default: as fast as possible); "
+        "it never runs ahead of the clock, so once caught up it is real time",
     )
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--labels", default=None, help="append injected-anomaly labels to this file")
@@ -207,6 +270,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sql")
     p.add_argument("--max-rows", type=int, default=100)
     p.set_defaults(func=cmd_query)
+
+    # No --models yet: until trained model sets exist, a backtest runs what a fresh deployment
+    # runs, the online detectors and the baseline nowcast learning as they go.
+    p = sub.add_parser(
+        "backtest",
+        help="the processor's code path over a CSV/Parquet file of readings, no Kafka",
+        description="Reads meter readings (meter_id, ts, kw, optional kvar, voltage_v, "
+        "current_a, quality; or SCADA readings with asset_id, asset_kind, p_mw, ...) and writes "
+        "one output row per input row, in input order: anomaly_score, severity, p10/p50/p90 per "
+        "forecast horizon, the expected value and the dead-letter reason of rejected rows. "
+        "Parameters come from the processing settings (GRIDSTREAM_PROCESSING__*).",
+    )
+    p.add_argument("--input", required=True, help="CSV or Parquet file of readings")
+    p.add_argument("--output", required=True, help="CSV to write (Parquet if it ends .parquet)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=5000,
+        help="readings per processed batch (default 5000; the output does not depend on it)",
+    )
+    p.set_defaults(func=cmd_backtest)
     return parser
 
 

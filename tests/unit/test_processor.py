@@ -743,3 +743,22 @@ def test_reading_dict_uses_contract_names_and_leaves_out_absent_channels() -> No
     }
     # meters have no frequency field in the contract, and a zero reading is kept
     assert reading_dict(b, 2) == {"meter_id": "m2", "ts": T0, "kw": 0.0}
+
+
+def test_sustained_sag_stays_anomalous_and_is_one_incident() -> None:
+    """A four-hour voltage sag is not learned as normal while it lasts, yields one event (the
+    incident continues while readings stay above threshold), and its recovery is not flagged."""
+    cols = daily_load(entities=(("m1", "meter"),), days=5.0)
+    start = 4 * 96 + 40  # day 5, 10:00
+    sag = slice(start, start + 16)
+    cols["voltage"][sag] *= 0.85
+    result = GridProcessor(P).process_batch(to_batch(cols), NOW_MS)
+    assert np.all(result.score[sag] >= P.emit_threshold)
+    after = result.score[start + 18 : start + 30]
+    assert np.all(after < P.emit_threshold)  # the return to normal is not an anomaly
+    in_sag = [
+        e for e in result.anomalies if cols["ts_ms"][sag][0] <= e.ts_ms <= cols["ts_ms"][sag][-1]
+    ]
+    assert len(in_sag) == 1
+    assert in_sag[0].explanation[0]["feature"] == "voltage_v"
+    assert result.counters["suppressed_cooldown"] >= 15

@@ -1,0 +1,623 @@
+"""Versioned model sets on disk: manifest, verified loading, the promotion rule, hot reload.
+
+A store is a directory that only the operator can write::
+
+    STORE/
+      <name>-<version>/      one model set; created by os.mkdir, so never written twice
+        manifest.json        written last and atomically: its presence means the set is complete
+        ...                  .pkl (pickle), .npy (numpy, no pickle), .json; other names: raw bytes
+      current.json           the promoted set, replaced atomically (a file, not a symlink: portable)
+      promotions.jsonl       every promotion decision, appended, one JSON object per line
+      .lock                  serialises promotions (flock where the platform has it)
+
+Versions are integers 1, 2, 3, ... per name, allocated by ``os.mkdir`` so two trainers never
+share one. Model refs are ``name@version``.
+
+Unpickling runs code. The loader therefore reads every listed file into memory, compares each
+sha256 with the manifest, and deserialises only after *all* files passed, from the very bytes it
+hashed (nothing can be swapped between check and use). Hashes catch corruption and changed
+files, not someone who can rewrite the manifest too: hence the store must be operator-only.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import platform
+import re
+import shutil
+import uuid
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from functools import cache
+from hashlib import sha256
+from importlib import metadata
+from pathlib import Path
+from types import MappingProxyType
+from typing import Annotated, Literal
+
+import numpy as np
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from models.exceptions import (
+    ArtifactError,
+    IncompatibleModel,
+    ManifestError,
+    ModelError,
+    TamperedArtifact,
+)
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: promotions there must not run concurrently
+    fcntl = None  # type: ignore[assignment]
+
+MANIFEST = "manifest.json"
+CURRENT = "current.json"
+PROMOTIONS = "promotions.jsonl"
+MANIFEST_FORMAT = 1
+VALIDATION_ERROR = "validation_error"  # the one metric the promotion rule compares
+_MAX_MANIFEST_BYTES = 1 << 20
+# One path part: no leading dot (so no "..", no hidden files), no separators, no drive letters.
+_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(lambda d: d.astimezone(UTC))]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+def _unsafe_path(rel: str) -> bool:
+    return rel == MANIFEST or not all(_PART.fullmatch(part) for part in rel.split("/"))
+
+
+class TrainingSpan(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    start: UtcDatetime
+    end: UtcDatetime
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TrainingSpan:
+        if self.end <= self.start:
+            raise ValueError(f"end {self.end} is not after start {self.start}")
+        return self
+
+
+class Manifest(BaseModel):
+    """``manifest.json``: what a set is, what it was trained on, and the hash of every file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    format: Literal[1]
+    name: str = Field(pattern=_NAME)
+    version: int = Field(ge=1)
+    created: UtcDatetime
+    training_span: TrainingSpan
+    feature_names: tuple[str, ...] = Field(min_length=1)  # in the order the models expect
+    horizons_s: tuple[int, ...] = Field(min_length=1)
+    # Lower is better. ``validation_error`` is the one number promotion compares; the trainer
+    # defines it (see ``save_model_set``) and may add more metrics for people to read.
+    metrics: dict[str, Finite]
+    files: dict[str, str] = Field(min_length=1)  # relative POSIX path -> sha256 hex
+    library_versions: dict[str, str]  # diagnostics: a pickle may not load under other versions
+    params: dict[str, JsonValue] = Field(default_factory=dict)  # hyperparameters, for people
+
+    @field_validator("feature_names")
+    @classmethod
+    def _features(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        dup = sorted(n for n, k in Counter(names).items() if k > 1)
+        if dup or not all(names):
+            raise ValueError(f"feature names must be unique and non-empty, repeated: {dup}")
+        return names
+
+    @field_validator("horizons_s")
+    @classmethod
+    def _horizons(cls, hs: tuple[int, ...]) -> tuple[int, ...]:
+        if any(h <= 0 for h in hs) or len(set(hs)) != len(hs):
+            raise ValueError(f"horizons must be unique positive seconds, got {list(hs)}")
+        return hs
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, metrics: dict[str, float]) -> dict[str, float]:
+        if metrics.get(VALIDATION_ERROR, -1.0) < 0:
+            raise ValueError(f"needs {VALIDATION_ERROR!r}, a finite number >= 0 (lower is better)")
+        return metrics
+
+    @field_validator("files")
+    @classmethod
+    def _files(cls, files: dict[str, str]) -> dict[str, str]:
+        for rel, digest in files.items():
+            if _unsafe_path(rel):
+                raise ValueError(f"{rel!r} is not a safe relative path inside the set")
+            if not _SHA256.fullmatch(digest):
+                raise ValueError(f"{rel!r}: {digest!r} is not a lowercase hex sha256")
+        return files
+
+
+class CurrentPointer(BaseModel):
+    """``current.json``: which set is promoted; the rest is for people reading the file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    format: Literal[1]
+    dir: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # one directory of the store
+    ref: str
+    validation_error: float
+    promoted_at: UtcDatetime
+
+
+@dataclass(frozen=True)
+class LoadedModelSet:
+    """A verified, deserialised model set. ``artifacts`` maps file path -> object.
+
+    Picklable, but a processor snapshot should carry ``ref``, not the set: the store is the
+    source of truth for model bytes.
+    """
+
+    path: Path
+    manifest: Manifest
+    artifacts: Mapping[str, object]
+    warnings: tuple[str, ...] = ()  # library version drift, warnings raised while unpickling
+
+    @property
+    def ref(self) -> str:
+        return f"{self.manifest.name}@{self.manifest.version}"
+
+    @property
+    def validation_error(self) -> float:
+        return self.manifest.metrics[VALIDATION_ERROR]
+
+    def __getitem__(self, rel: str) -> object:
+        return self.artifacts[rel]
+
+    def check_features(self, expected: Sequence[str]) -> None:
+        """Refuse a set trained on other features (missing, unknown or reordered) than given."""
+        model, given = Counter(self.manifest.feature_names), Counter(expected)
+        if list(self.manifest.feature_names) == list(expected):
+            return
+        missing = list((model - given).elements())
+        unexpected = list((given - model).elements())
+        raise IncompatibleModel(self.ref, missing, unexpected, not missing and not unexpected)
+
+    def describe(self) -> dict[str, object]:
+        """What ``/models`` shows: the ref, where it came from, its manifest, its warnings."""
+        return {
+            "ref": self.ref,
+            "path": str(self.path),
+            "manifest": self.manifest.model_dump(mode="json"),
+            "warnings": list(self.warnings),
+        }
+
+
+# -- save -------------------------------------------------------------------------------------
+def save_model_set(
+    store: Path | str,
+    name: str,
+    artifacts: Mapping[str, object],
+    *,
+    feature_names: Sequence[str],
+    horizons_s: Sequence[int],
+    training_span: tuple[datetime, datetime],
+    metrics: Mapping[str, float],
+    params: Mapping[str, JsonValue] | None = None,
+    created: datetime | None = None,
+) -> Path:
+    """Write a new version of ``name`` and return its directory; never touches other versions.
+
+    ``artifacts`` maps relative paths to objects, serialised by suffix: ``.pkl`` pickle, ``.npy``
+    an ndarray (saved without pickle), ``.json`` JSON; ``bytes`` are written verbatim under any
+    name. ``metrics`` must hold ``validation_error``: for the trainer, the mean over horizons of
+    the p50 absolute error on the held-out span, in the unit of the target. Everything is
+    validated before the first byte is written; the manifest is written last.
+    """
+    store = Path(store)
+    blobs = {rel: _serialise(rel, obj) for rel, obj in artifacts.items()}
+    fields: dict[str, object] = {
+        "format": MANIFEST_FORMAT,
+        "name": name,
+        "version": 1,  # placeholder until a directory is reserved
+        "created": created or datetime.now(UTC),
+        "training_span": {"start": training_span[0], "end": training_span[1]},
+        "feature_names": list(feature_names),
+        "horizons_s": list(horizons_s),
+        "metrics": dict(metrics),
+        "files": {rel: sha256(data).hexdigest() for rel, data in blobs.items()},
+        "library_versions": dict(_library_versions()),
+        "params": dict(params or {}),
+    }
+    _validate_manifest(fields, f"new set {name!r}")
+    store.mkdir(parents=True, exist_ok=True)
+    version, vdir = _reserve(store, name)
+    try:
+        for rel, data in blobs.items():
+            target = vdir / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "xb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        manifest = _validate_manifest({**fields, "version": version}, vdir.name)
+        _atomic_write(vdir / MANIFEST, manifest.model_dump_json(indent=2).encode())
+    except BaseException:
+        shutil.rmtree(vdir, ignore_errors=True)  # our own reservation: never another version
+        raise
+    return vdir
+
+
+def _serialise(rel: str, obj: object) -> bytes:
+    if _unsafe_path(rel):
+        raise ArtifactError(
+            f"artifact name {rel!r} is not a safe relative path: parts of letters, digits and "
+            f"'_.-' joined by '/', no leading dot, not {MANIFEST!r}"
+        )
+    if isinstance(obj, bytes):
+        return obj
+    suffix = Path(rel).suffix
+    try:
+        if suffix == ".pkl":
+            return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        if suffix == ".npy" and isinstance(obj, np.ndarray):
+            buf = io.BytesIO()
+            np.save(buf, obj, allow_pickle=False)
+            return buf.getvalue()
+        if suffix == ".json":
+            return json.dumps(obj, sort_keys=True, allow_nan=False).encode()
+    except (TypeError, ValueError, pickle.PicklingError) as exc:
+        raise ArtifactError(f"artifact {rel!r} cannot be written as {suffix}: {exc}") from exc
+    raise ArtifactError(
+        f"artifact {rel!r}: a {type(obj).__name__} needs a .pkl name (.npy takes an ndarray, "
+        ".json takes JSON values), or pass bytes"
+    )
+
+
+def _reserve(store: Path, name: str) -> tuple[int, Path]:
+    prefix = f"{name}-"
+    taken = [
+        int(p.name[len(prefix) :])
+        for p in store.iterdir()
+        if p.name.startswith(prefix) and re.fullmatch(r"[0-9]+", p.name[len(prefix) :])
+    ]
+    version = max(taken, default=0) + 1
+    while True:
+        vdir = store / f"{name}-{version}"
+        try:
+            vdir.mkdir()
+        except FileExistsError:  # a concurrent trainer, or a leftover: never reuse it
+            version += 1
+            continue
+        return version, vdir
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "xb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if os.name == "posix":  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# -- load -------------------------------------------------------------------------------------
+def load_model_set(path: Path | str) -> LoadedModelSet:
+    """Verify every file of a set against its manifest, then, and only then, deserialise it."""
+    path = Path(path)
+    manifest, blobs = _read_verified(path)
+    objects: dict[str, object] = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for rel, data in blobs.items():
+            try:
+                objects[rel] = _deserialise(rel, data)
+            except Exception as exc:  # verified bytes, but this environment cannot read them
+                raise ArtifactError(
+                    f"model set {path.name}: file {rel!r} passed verification but cannot be "
+                    f"loaded here ({type(exc).__name__}: {exc}); trained with "
+                    f"{manifest.library_versions}"
+                ) from exc
+    running = _library_versions()
+    notes = [
+        f"trained with {lib} {ver}, running {running.get(lib, 'absent')}"
+        for lib, ver in manifest.library_versions.items()
+        if running.get(lib) != ver
+    ]
+    notes += [f"{w.category.__name__}: {w.message}" for w in caught]
+    return LoadedModelSet(path, manifest, objects, tuple(notes))
+
+
+def verify_model_set(path: Path | str) -> Manifest:
+    """The manifest of a set whose every file matches its hash; deserialises nothing."""
+    return _read_verified(Path(path))[0]
+
+
+def _read_verified(path: Path) -> tuple[Manifest, dict[str, bytes]]:
+    label = path.name
+    try:
+        with open(path / MANIFEST, "rb") as fh:
+            raw = fh.read(_MAX_MANIFEST_BYTES + 1)
+    except FileNotFoundError:
+        raise ManifestError(
+            f"model set {label}: no {MANIFEST} in {path} (not a model set, or an unfinished save)"
+        ) from None
+    except OSError as exc:
+        raise ArtifactError(f"model set {label}: cannot read {MANIFEST}: {exc}") from exc
+    if len(raw) > _MAX_MANIFEST_BYTES:
+        raise ManifestError(f"model set {label}: {MANIFEST} is larger than {_MAX_MANIFEST_BYTES}")
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise ManifestError(f"model set {label}: {MANIFEST} is not JSON ({exc})") from None
+    fmt = doc.get("format") if isinstance(doc, dict) else None
+    if type(fmt) is not int or fmt != MANIFEST_FORMAT:
+        raise ManifestError(
+            f"model set {label}: manifest format {fmt!r}; this gridstream reads format "
+            f"{MANIFEST_FORMAT}"
+        )
+    manifest = _validate_manifest(doc, label)
+    if label != f"{manifest.name}-{manifest.version}":
+        raise ManifestError(
+            f"model set {label}: its manifest describes {manifest.name}-{manifest.version}; a "
+            "manifest must describe its own directory"
+        )
+    present = _files_under(path, label)
+    if missing := sorted(set(manifest.files) - present):
+        raise ManifestError(f"model set {label}: manifest lists files that do not exist: {missing}")
+    if unlisted := sorted(present - set(manifest.files)):
+        raise ManifestError(
+            f"model set {label}: files not in the manifest, hence unverified: {unlisted}"
+        )
+    blobs: dict[str, bytes] = {}
+    for rel in sorted(manifest.files):
+        try:
+            data = (path / rel).read_bytes()
+        except OSError as exc:
+            raise ArtifactError(f"model set {label}: cannot read {rel!r}: {exc}") from exc
+        actual = sha256(data).hexdigest()
+        if actual != manifest.files[rel]:
+            raise TamperedArtifact(label, rel, manifest.files[rel], actual)
+        blobs[rel] = data
+    return manifest, blobs
+
+
+def _validate_manifest(doc: object, label: str) -> Manifest:
+    try:
+        return Manifest.model_validate(doc)
+    except ValidationError as exc:
+        raise ManifestError(f"model set {label}: invalid {MANIFEST}: {_errors(exc)}") from None
+
+
+def _files_under(path: Path, label: str) -> set[str]:
+    """Every regular file of the set but the manifest; a symlink or device is refused."""
+    found: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(path):  # does not follow symlinks
+        base = Path(dirpath)
+        for entry in (*dirnames, *filenames):
+            full = base / entry
+            rel = full.relative_to(path).as_posix()
+            if full.is_symlink() or not (full.is_dir() or full.is_file()):
+                raise ManifestError(f"model set {label}: {rel!r} is not a regular file or folder")
+            if full.is_file() and rel != MANIFEST:
+                found.add(rel)
+    return found
+
+
+def _deserialise(rel: str, data: bytes) -> object:
+    suffix = Path(rel).suffix
+    if suffix == ".pkl":
+        return pickle.loads(data)  # noqa: S301 - sha256 of these exact bytes verified first
+    if suffix == ".npy":
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    if suffix == ".json":
+        return json.loads(data)
+    return data
+
+
+@cache
+def _library_versions() -> Mapping[str, str]:
+    found = {"python": platform.python_version()}
+    for dist in ("numpy", "scikit-learn", "river"):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found[dist] = "absent"
+    return MappingProxyType(found)
+
+
+def _errors(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '<document>'}: {e['msg']}" for e in exc.errors()
+    )
+
+
+# -- promotion --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PromotionDecision:
+    """One application of the promotion rule, as appended to ``promotions.jsonl``."""
+
+    promoted: bool
+    reason: str
+    candidate: str  # directory name in the store
+    current: str | None  # the set that was current when the rule was applied
+    candidate_error: float | None  # None: the candidate did not verify
+    current_error: float | None  # None: no current set, or it did not verify
+    decided_at: datetime
+
+    def as_json(self) -> dict[str, object]:
+        return {**asdict(self), "decided_at": self.decided_at.isoformat().replace("+00:00", "Z")}
+
+
+def read_current(store: Path | str) -> CurrentPointer | None:
+    """The promoted set's pointer, or None before the first promotion."""
+    path = Path(store) / CURRENT
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        return CurrentPointer.model_validate_json(raw)
+    except ValidationError as exc:
+        raise ManifestError(f"{path}: invalid pointer: {_errors(exc)}") from None
+
+
+def promote_if_better(
+    store: Path | str, candidate: Path | str, *, force: bool = False, now: datetime | None = None
+) -> PromotionDecision:
+    """Make ``candidate`` current if it verifies, loads, and beats the current set.
+
+    The rule: promote iff the candidate verifies and deserialises cleanly AND (there is no
+    current set, OR the current set no longer verifies, OR candidate ``validation_error`` <
+    current ``validation_error``, strictly). Equal is not better: no churn. ``force`` (an
+    operator's rollback) skips the comparison, never the verification. Decisions are serialised
+    by a lock on the store and every one is appended to ``promotions.jsonl``.
+    """
+    store = Path(store)
+    cand = Path(candidate)
+    if cand.parent != Path() and cand.resolve().parent != store.resolve():
+        raise ArtifactError(f"candidate {cand} is not a directory of the store {store}")
+    at = now or datetime.now(UTC)
+    with _store_lock(store):
+        decision, manifest = _decide(store, cand.name, force, at)
+        if decision.promoted and manifest is not None:
+            pointer = CurrentPointer(
+                format=1,
+                dir=cand.name,
+                ref=f"{manifest.name}@{manifest.version}",
+                validation_error=manifest.metrics[VALIDATION_ERROR],
+                promoted_at=at,
+            )
+            _atomic_write(store / CURRENT, pointer.model_dump_json(indent=2).encode())
+        with open(store / PROMOTIONS, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(decision.as_json(), sort_keys=True) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    return decision
+
+
+def _decide(
+    store: Path, cand: str, force: bool, at: datetime
+) -> tuple[PromotionDecision, Manifest | None]:
+    cur: str | None = None
+    cur_error: float | None = None
+    cur_problem: str | None = None
+    try:
+        pointer = read_current(store)
+        if pointer is not None:
+            cur = pointer.dir
+            cur_error = verify_model_set(store / cur).metrics[VALIDATION_ERROR]
+    except ModelError as exc:
+        cur_problem = str(exc)
+
+    def decision(promoted: bool, reason: str, err: float | None) -> PromotionDecision:
+        return PromotionDecision(promoted, reason, cand, cur, err, cur_error, at)
+
+    try:
+        loaded = load_model_set(store / cand)
+    except ModelError as exc:
+        return decision(False, f"candidate failed verification: {exc}", None), None
+    err = loaded.validation_error
+    if cur == cand and cur_problem is None:
+        return decision(False, "candidate is already the current set", err), None
+    if force:
+        reason = "forced by the operator (comparison skipped, verification passed)"
+    elif cur_problem is not None:
+        reason = f"current set unusable ({cur_problem}); verified candidate promoted"
+    elif cur is None or cur_error is None:
+        reason = "no current set; first verified set promoted"
+    elif err < cur_error:
+        reason = f"validation_error {err:.6g} < current {cur_error:.6g} of {cur}; promoted"
+    else:
+        reason = f"validation_error {err:.6g} is not lower than {cur_error:.6g} of {cur}; kept"
+        return decision(False, reason, err), None
+    return decision(True, reason, err), loaded.manifest
+
+
+@contextmanager
+def _store_lock(store: Path) -> Iterator[None]:
+    if not store.is_dir():
+        raise ArtifactError(f"model store {store} does not exist")
+    with open(store / ".lock", "a+b") as fh:
+        if fcntl is not None:
+            fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes, even on a crash
+        yield
+
+
+# -- hot reload -------------------------------------------------------------------------------
+class ModelStoreWatcher:
+    """Adopts a newly promoted set between batches, verified, without a restart.
+
+    ``poll()`` costs one ``stat`` while ``current.json`` is unchanged. A promoted set that fails
+    verification, deserialisation or ``expected_features`` is not adopted: the previous set stays
+    in use and ``last_error`` says why (health reports degraded). A refused pointer is not
+    retried on every poll (hashing a set is not free); a new promotion, or touching
+    ``current.json``, retries. No threads: the runtime calls ``poll`` when it suits it.
+    """
+
+    def __init__(self, store: Path | str, expected_features: Sequence[str] | None = None) -> None:
+        self.store = Path(store)
+        self.expected_features = None if expected_features is None else tuple(expected_features)
+        self.current: LoadedModelSet | None = None
+        self.last_error: str | None = None
+        self._seen: tuple[int, int, int] | None = None
+
+    def poll(self) -> LoadedModelSet | None:
+        """The newly adopted set, or None when nothing changed or the new set was refused."""
+        try:
+            st = os.stat(self.store / CURRENT)
+        except FileNotFoundError:
+            self._seen = None  # nothing promoted (yet): keep whatever is in use
+            return None
+        except OSError as exc:
+            self.last_error = f"cannot stat {self.store / CURRENT}: {exc}"
+            return None
+        seen = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if seen == self._seen:
+            return None
+        self._seen = seen
+        try:
+            pointer = read_current(self.store)
+            if pointer is None:
+                return None
+            if self.current is not None and pointer.dir == self.current.path.name:
+                self.last_error = None  # pointed back at the set in use
+                return None
+            loaded = load_model_set(self.store / pointer.dir)
+            if self.expected_features is not None:
+                loaded.check_features(self.expected_features)
+        except (ModelError, OSError) as exc:
+            keeping = self.current.ref if self.current else "no model set"
+            self.last_error = f"promoted set refused, keeping {keeping}: {exc}"
+            return None
+        self.current, self.last_error = loaded, None
+        return loaded
+
+    def status(self) -> dict[str, object]:
+        """For ``/models`` and ``/health``: the set in use and the last refusal, if any."""
+        return {
+            "store": str(self.store),
+            "current": None if self.current is None else self.current.describe(),
+            "last_error": self.last_error,
+            "degraded": self.last_error is not None,
+        }
