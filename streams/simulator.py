@@ -14,7 +14,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -61,7 +61,7 @@ class SimStats:
     sim_start_ms: int = 0
     sim_time_ms: int = 0  # simulated time reached
     wall_s: float = 0.0
-    errors: tuple[str, ...] = field(default=())  # the first few delivery errors, verbatim
+    errors: tuple[str, ...] = ()  # the first few delivery errors, verbatim
 
     @property
     def produced(self) -> int:
@@ -76,6 +76,7 @@ class _Deliveries:
         self.failed = 0
         self.errors: list[str] = []
         self.fatal: KafkaError | None = None
+        self.seen: set[int] = set()
 
     def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:
@@ -86,9 +87,12 @@ class _Deliveries:
             self.errors.append(f"topic {msg.topic()} key {msg.key()!r}: {err.str()}")
 
     def on_error(self, err: KafkaError) -> None:
+        """Client-level errors (broker down, ...); librdkafka retries, we log each kind once."""
         if err.fatal():
             self.fatal = err
-        log.warning("simulator producer: %s", err.str())
+        level = logging.DEBUG if err.code() in self.seen else logging.WARNING
+        self.seen.add(err.code())
+        log.log(level, "simulator producer: %s", err.str())
 
 
 def run_simulator(
@@ -176,6 +180,11 @@ def run_simulator(
             errors=tuple(reports.errors),
         )
 
+    def due_wall(sim_ms: int) -> float:
+        """Wall time (epoch s) at which simulated time reaches ``sim_ms``."""
+        at = wall0 + (sim_ms - start) / 1000.0 / speed
+        return max(at, sim_ms / 1000.0) if follow_clock else at
+
     labels_file: IO[bytes] | None = None
     try:
         if labels_path is not None:
@@ -187,6 +196,9 @@ def run_simulator(
             target = start + (now - wall0) * 1000.0 * speed if math.isfinite(speed) else math.inf
             if follow_clock:
                 target = min(target, now * 1000.0)
+            due = sim.next_due_ms
+            if due_wall(due) <= now:  # float epoch seconds can leave target a hair short of it
+                target = max(target, due)
             if end is not None:
                 target = min(target, end)
             capped = target > reached + chunk_ms
@@ -201,14 +213,9 @@ def run_simulator(
             producer.poll(0)
             if end is not None and reached >= end:
                 break
-            if not capped:  # sleep until the simulated clock reaches the next due record
-                due = sim.next_due_ms
-                due_wall = wall0 + (due - start) / 1000.0 / speed
-                if follow_clock:
-                    due_wall = max(due_wall, due / 1000.0)
-                pause = due_wall - clock()
-                if pause > 0:  # at least 1 ms: float rounding must not make it spin
-                    wait(min(max(pause, 0.001), _MAX_SLEEP_S))
+            pause = due_wall(sim.next_due_ms) - clock()
+            if not capped and pause > 0:  # wait until the next record is due
+                wait(min(max(pause, 0.001), _MAX_SLEEP_S))
     finally:
         if labels_file is not None:
             labels_file.close()
@@ -220,8 +227,10 @@ def run_simulator(
     if result.delivery_errors:
         log.error(
             "simulator: %d of %d records were not delivered; first: %s",
-            result.delivery_errors, result.delivered + result.delivery_errors, result.errors[:1],
-        )  # fmt: skip
+            result.delivery_errors,
+            result.delivered + result.delivery_errors,
+            result.errors[:1],
+        )
     return result
 
 

@@ -60,7 +60,7 @@ def test_slicing_time_differently_gives_the_same_stream() -> None:
     whole = run(cfg, days=1)
     sliced = TelemetrySimulator(cfg, START)
     chunks = [sliced.step_until(START + k * 7 * 60_000) for k in range(1, 24 * 60 // 7)]
-    chunks.append(sliced.step_until(START + DAY))  # 7-minute slices: never on a step boundary
+    chunks.append(sliced.step_until(START + DAY))  # 7-min slices: mostly between steps
     assert [v for c in chunks for v in c.value] == whole.value
     assert [lab for c in chunks for lab in c.labels] == whole.labels
     assert sum(c.late for c in chunks) == whole.late
@@ -106,8 +106,14 @@ def test_labels_have_the_contract_kinds_sane_durations_and_never_overlap() -> No
     sim = TelemetrySimulator(cfg, START)
     batch = sim.step_until(START + 3 * DAY)
     assert {lab.kind for lab in batch.labels} == set(ANOMALY_KINDS)
-    bounds = {"spike": (1, 1), "drop_to_zero": (1, 4), "stuck": (4, 16), "drift": (8, 32),
-              "voltage_sag": (1, 4), "step_change": (8, 32)}  # fmt: skip
+    bounds = {
+        "spike": (1, 1),
+        "drop_to_zero": (1, 4),
+        "stuck": (4, 16),
+        "drift": (8, 32),
+        "voltage_sag": (1, 4),
+        "step_change": (8, 32),
+    }
     by_entity = defaultdict(list)
     for lab in batch.labels:
         kind = sim.entity_kinds[lab.entity_id]
