@@ -1,12 +1,11 @@
 """The ClickHouse sink: schema at start, one columnar insert per table and batch, SQL passthrough.
 
-Writes are idempotent rather than atomic: ``write`` inserts forecasts, then anomalies, then dead
-letters, and a failure part-way leaves the earlier tables written. The runtime retries the whole
-batch (offsets stay uncommitted); the ReplacingMergeTree keys of ``sinks.ddl`` collapse the copies,
-so analysts who count with ``FINAL`` (or GROUP BY the key) see each record once.
-
-Forecasts go from the batch's numpy columns straight to Arrow (no Python object per row);
-anomalies and dead letters are rare and are converted per record.
+Writes are idempotent rather than atomic: ``write`` inserts readings, forecasts, anomalies, then
+dead letters, and a failure part-way leaves the earlier tables written. The runtime retries the
+whole batch (offsets stay uncommitted); each insert carries a deduplication token, so the tables
+already written drop the repeat, and the ReplacingMergeTree keys of ``sinks.ddl`` collapse any
+copy that still gets through (a replay that batches differently), so analysts who count with
+``FINAL`` — as every view does — see each record once.
 """
 
 from __future__ import annotations
@@ -15,28 +14,42 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 
-import numpy as np
-import orjson
 import pyarrow as pa
 
-from schemas.batch import AnomalyRecord, DeadLetterRecord, ForecastBatch, unit_of
-from sinks.clickhouse_backend import ClickHouseBackend, QueryResult
+from schemas.batch import AnomalyRecord, DeadLetterRecord, ForecastBatch, ReadingBatch
+from sinks.clickhouse_common import ClickHouseBackend, QueryResult
 from sinks.ddl import (
     ANOMALIES,
     BOOTSTRAP,
+    DATA_TABLES,
     DEAD_LETTERS,
     DEFAULT_DATABASE,
+    DRIFT_EVENTS,
     EXPECTED_TABLES,
     FORECASTS,
     LATEST_VERSION,
     MIGRATIONS,
+    READINGS,
     SCHEMA_MIGRATIONS,
+    Retention,
     Table,
+    current_ttl,
     quote_database,
     render,
+    ttl_expression,
 )
 from sinks.exceptions import SchemaMismatch, SinkError
+from sinks.rows import (
+    DriftEventLike,
+    anomalies_table,
+    dead_letters_table,
+    dedup_token,
+    drift_events_table,
+    forecasts_table,
+    readings_table,
+)
 from sinks.table_format import format_table
+from sinks.views import VIEWS
 
 __all__ = [
     "ClickHouseSink",
@@ -45,120 +58,41 @@ __all__ = [
     "dead_letters_table",
     "forecasts_table",
     "format_table",
+    "readings_table",
 ]
 
 log = logging.getLogger(__name__)
-
-TS = pa.timestamp("ms", tz="UTC")
-_STR = pa.string()
-_F64 = pa.float64()
-
-
-# ------------------------------------------------------------------------ records to Arrow tables
-
-
-def _table(spec: Table, columns: dict[str, pa.Array]) -> pa.Table:
-    """Columns in the table's order; a mismatch with the DDL is a bug caught here, not in SQL."""
-    names = [c.name for c in spec.columns]
-    if list(columns) != names:
-        raise AssertionError(f"{spec.name}: columns {list(columns)} != {names}")
-    return pa.table(columns)
-
-
-def forecasts_table(batch: ForecastBatch, now_ms: int) -> pa.Table:
-    """The ``forecasts`` rows of a batch; NaN/inf quantiles are kept as values (see sinks.ddl)."""
-    n = len(batch)
-    kind = pa.array(batch.kind, type=_STR)
-    kinds = kind.dictionary_encode()  # unit_of once per distinct kind, not once per row
-    unit = pa.array([unit_of(k) for k in kinds.dictionary.to_pylist()], type=_STR)
-    return _table(
-        FORECASTS,
-        {
-            "entity_id": pa.array(batch.entity, type=_STR),
-            "entity_kind": kind,
-            "issued_at": pa.array(np.asarray(batch.issued_ms, dtype=np.int64), type=TS),
-            "horizon_s": pa.array(np.asarray(batch.horizon_s, dtype=np.int64)).cast(pa.uint32()),
-            "target_ts": pa.array(np.asarray(batch.target_ms, dtype=np.int64), type=TS),
-            "p10": pa.array(np.asarray(batch.p10, dtype=np.float64), type=_F64),
-            "p50": pa.array(np.asarray(batch.p50, dtype=np.float64), type=_F64),
-            "p90": pa.array(np.asarray(batch.p90, dtype=np.float64), type=_F64),
-            "unit": unit.take(kinds.indices),
-            "model": pa.repeat(pa.scalar(batch.model, type=_STR), n),
-            "written_at": pa.repeat(pa.scalar(now_ms, type=TS), n),
-        },
-    )
-
-
-def _json(value: object) -> str:
-    # orjson writes NaN/inf as null: the JSON stays valid for ClickHouse's JSON functions.
-    return orjson.dumps(value).decode()
-
-
-def anomalies_table(records: Sequence[AnomalyRecord]) -> pa.Table:
-    """The ``anomalies`` rows; explanation and reading are JSON text."""
-    return _table(
-        ANOMALIES,
-        {
-            "event_id": pa.array([r.event_id for r in records], type=_STR),
-            "entity_id": pa.array([r.entity_id for r in records], type=_STR),
-            "entity_kind": pa.array([r.entity_kind for r in records], type=_STR),
-            "ts": pa.array([r.ts_ms for r in records], type=pa.int64()).cast(TS),
-            "score": pa.array([r.score for r in records], type=_F64),
-            "severity": pa.array([r.severity for r in records], type=_STR),
-            "detectors": pa.array(
-                [list(r.detectors.items()) for r in records], type=pa.map_(_STR, _F64)
-            ),
-            "fired": pa.array([list(r.fired) for r in records], type=pa.list_(_STR)),
-            "explanation": pa.array([_json(r.explanation) for r in records], type=_STR),
-            "reading": pa.array([_json(r.reading) for r in records], type=_STR),
-            "model_versions": pa.array(
-                [list(r.model_versions.items()) for r in records], type=pa.map_(_STR, _STR)
-            ),
-            "detected_at": pa.array([r.detected_ms for r in records], type=pa.int64()).cast(TS),
-        },
-    )
-
-
-def dead_letters_table(records: Sequence[DeadLetterRecord]) -> pa.Table:
-    """The ``dead_letters`` rows; key and raw stay bytes (binary), whatever their encoding."""
-    return _table(
-        DEAD_LETTERS,
-        {
-            "source_topic": pa.array([r.source_topic for r in records], type=_STR),
-            "source_partition": pa.array([r.source_partition for r in records], type=pa.int32()),
-            "source_offset": pa.array([r.source_offset for r in records], type=pa.int64()),
-            "key": pa.array([r.key for r in records], type=pa.binary()),
-            "raw": pa.array([r.raw for r in records], type=pa.binary()),
-            "error_class": pa.array([r.error_class for r in records], type=_STR),
-            "error": pa.array([r.error for r in records], type=_STR),
-            "dead_lettered_at": pa.array(
-                [r.dead_lettered_ms for r in records], type=pa.int64()
-            ).cast(TS),
-        },
-    )
-
-
-# ------------------------------------------------------------------------------------- the sink
 
 
 def _sql_string(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _norm(text: str) -> str:
-    return re.sub(r"[\s`]", "", text)
+def _norm(text: str | None) -> str:
+    return re.sub(r"[\s`]", "", text or "")
 
 
 class ClickHouseSink:
-    """Writes forecasts, anomalies and dead letters to one database of a ClickHouse backend.
+    """Writes gridstream's outputs to one database of a ClickHouse backend.
 
+    ``retention`` sets the tables' TTLs at ``ensure_schema``; with ``store_readings=False`` the
+    readings passed to ``write`` are ignored (the load and accuracy views then stay empty).
     The sink does not own the backend: whoever created the backend closes it.
     """
 
-    def __init__(self, backend: ClickHouseBackend, database: str = DEFAULT_DATABASE) -> None:
+    def __init__(
+        self,
+        backend: ClickHouseBackend,
+        database: str = DEFAULT_DATABASE,
+        *,
+        retention: Retention | None = None,
+        store_readings: bool = True,
+    ) -> None:
         quote_database(database)  # fail at construction on a bad name, not at the first write
         self.backend = backend
         self.database = database
+        self.retention = retention or Retention()
+        self.store_readings = store_readings
 
     def __repr__(self) -> str:
         return f"ClickHouseSink({self.backend!r}, database={self.database!r})"
@@ -173,10 +107,11 @@ class ClickHouseSink:
         return int(result.rows[0][0]) if result.rows else 0
 
     def ensure_schema(self) -> int:
-        """Create or migrate the database and check every table's shape; returns the version.
+        """Create or migrate the database, check it, (re)create the views, apply retention.
 
-        Safe to call on every start and from several processes: statements are idempotent and
-        recording a version twice collapses in ``schema_migrations``.
+        Returns the schema version. Safe to call on every start and from several processes:
+        statements are idempotent and recording a version twice collapses in
+        ``schema_migrations``.
         """
         for statement in BOOTSTRAP:
             self.backend.command(render(statement, self.database))
@@ -210,27 +145,45 @@ class ClickHouseSink:
                 self.database,
                 migration.description,
             )
+        for view in VIEWS:
+            self.backend.command(render(view.create_sql(), self.database))
+        self.apply_retention()
         return max(current, LATEST_VERSION)
 
-    def check_schema(self) -> None:
-        """Raise ``SchemaMismatch`` naming every table whose columns, engine or key differ."""
+    def _tables(self) -> dict[str, tuple[str, str, str]]:
+        """name -> (engine, sorting key, engine_full) of every table and view in the database."""
         db = _sql_string(self.database)
-        tables = {
-            name: (engine, key)
-            for name, engine, key in self.backend.query(
-                f"SELECT name, engine, sorting_key FROM system.tables WHERE database = {db}"
+        return {
+            name: (engine, key, full)
+            for name, engine, key, full in self.backend.query(
+                "SELECT name, engine, sorting_key, engine_full FROM system.tables "
+                f"WHERE database = {db}"
             ).rows
         }
+
+    def check_schema(self) -> None:
+        """Raise ``SchemaMismatch`` naming every table whose columns, engine or key differ,
+        and every object that sits where a view belongs (replacing it would destroy it)."""
+        tables = self._tables()
         columns: dict[str, dict[str, str]] = {}
         for table, name, typ in self.backend.query(
-            f"SELECT table, name, type FROM system.columns WHERE database = {db}"
+            "SELECT table, name, type FROM system.columns "
+            f"WHERE database = {_sql_string(self.database)}"
         ).rows:
             columns.setdefault(table, {})[name] = typ
         problems: dict[str, list[str]] = {}
         for spec in EXPECTED_TABLES.values():
-            found = _table_problems(spec, tables.get(spec.name), columns.get(spec.name, {}))
+            meta = tables.get(spec.name)
+            found = _table_problems(spec, meta[:2] if meta else None, columns.get(spec.name, {}))
             if found:
                 problems[spec.name] = found
+        for view in VIEWS:
+            meta = tables.get(view.name)
+            if meta is not None and meta[0] != "View":
+                problems[view.name] = [
+                    f"is a {meta[0]} where gridstream keeps a view; rename it (gridstream will not "
+                    "replace it)"
+                ]
         if problems:
             first = next(iter(problems))
             detail = "; ".join(
@@ -242,6 +195,24 @@ class ClickHouseSink:
                 table=first,
             )
 
+    def apply_retention(self) -> dict[str, str | None]:
+        """Set each table's TTL from ``retention`` where it differs; returns the TTLs now set."""
+        tables = self._tables()
+        out: dict[str, str | None] = {}
+        for spec in DATA_TABLES:
+            wanted = ttl_expression(spec, self.retention.days(spec.name))
+            found = current_ttl(tables.get(spec.name, ("", "", ""))[2])
+            out[spec.name] = wanted
+            if _norm(wanted) == _norm(found):
+                continue
+            target = render(f"{{db}}.`{spec.name}`", self.database)
+            if wanted is None:
+                self.backend.command(f"ALTER TABLE {target} REMOVE TTL")
+            else:
+                self.backend.command(f"ALTER TABLE {target} MODIFY TTL {wanted}")
+            log.info("retention of %s.%s: %s -> %s", self.database, spec.name, found, wanted)
+        return out
+
     # -- writes and reads
 
     def write(
@@ -250,17 +221,26 @@ class ClickHouseSink:
         anomalies: Sequence[AnomalyRecord],
         dead_letters: Sequence[DeadLetterRecord],
         now_ms: int,
+        *,
+        readings: ReadingBatch | None = None,
     ) -> None:
-        """Insert one batch's outputs; empty inputs are skipped. ``now_ms`` stamps ``written_at``.
+        """Insert one batch's outputs; empty inputs are skipped. ``now_ms`` stamps the rows.
 
         Raises ``SinkError`` naming the table; ``error.retryable`` says whether to retry.
         """
+        if readings is not None and len(readings) and self.store_readings:
+            self._insert(READINGS, len(readings), lambda: readings_table(readings, now_ms))
         if len(forecasts):
             self._insert(FORECASTS, len(forecasts), lambda: forecasts_table(forecasts, now_ms))
         if anomalies:
             self._insert(ANOMALIES, len(anomalies), lambda: anomalies_table(anomalies))
         if dead_letters:
             self._insert(DEAD_LETTERS, len(dead_letters), lambda: dead_letters_table(dead_letters))
+
+    def write_drift_events(self, events: Sequence[DriftEventLike]) -> None:
+        """Insert drift events (any records with ``DriftEventLike``'s attributes)."""
+        if events:
+            self._insert(DRIFT_EVENTS, len(events), lambda: drift_events_table(events))
 
     def query(self, sql: str) -> QueryResult:
         """Run any SQL (for ``gridstream query``); ``SinkError`` if the engine rejects it."""
@@ -270,14 +250,15 @@ class ClickHouseSink:
         where = f"{self.database}.{spec.name}"
         try:
             data = build()
-        except (pa.ArrowException, TypeError, ValueError) as exc:
+            token = dedup_token(spec.name, data)
+        except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
             cause = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else repr(exc)
             raise SinkError(
                 f"cannot convert {n} rows for {where}: {type(exc).__name__}: {cause}",
                 table=spec.name,
             ) from exc
         try:
-            self.backend.insert_arrow(self.database, spec.name, data)
+            self.backend.insert_arrow(self.database, spec.name, data, dedup_token=token)
         except SinkError as exc:
             raise type(exc)(
                 f"insert of {n} rows into {where} failed: {exc}", table=spec.name

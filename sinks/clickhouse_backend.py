@@ -1,145 +1,69 @@
 """Two ways to reach a ClickHouse engine behind one port: embedded chDB, or a server.
 
 Both take the same SQL and the same Arrow tables, and both return query results through the same
-Arrow-to-Python conversion, so the sink and its tests do not care which one they talk to. Both
-raise only ``SinkError`` subclasses: ``SinkUnavailable`` for outages worth retrying,
-``QueryFailed`` for statements the engine rejects, ``EmbeddedInUse`` for a held chDB directory.
+Arrow-to-Python conversion (``sinks.clickhouse_common``), so the sink and its tests do not care
+which one they talk to. Both raise only ``SinkError`` subclasses: ``SinkUnavailable`` for outages
+worth retrying, ``QueryFailed`` for statements the engine rejects, ``EmbeddedInUse`` for a held
+chDB directory. The server backend lives in ``sinks.clickhouse_server``.
 
 chDB runs one embedded server per process, on one data directory: the ``ChdbBackend`` instances of
 a process share one session per path (reference counted; the last ``close`` releases it), and
-asking for a second path while the first is open is an error that names both.
+asking for a second path while the first is open is an error that names both. A chDB session runs
+one statement at a time, so the shared session comes with a lock that every user takes.
 """
 
 from __future__ import annotations
 
 import re
 import threading
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any
 
 import pyarrow as pa
-from pydantic import SecretStr
 
-from sinks.exceptions import (
-    EmbeddedInUse,
-    QueryFailed,
-    SinkConfigError,
-    SinkError,
-    SinkUnavailable,
+from sinks.clickhouse_common import (
+    RETRYABLE_CODES,
+    ClickHouseBackend,
+    QueryResult,
+    arrow_to_result,
+    classify,
+    error_code,
+    short_cause,
 )
+from sinks.clickhouse_server import ServerBackend
+from sinks.exceptions import EmbeddedInUse, QueryFailed, SinkConfigError, SinkError
 
-# ClickHouse error codes that describe a transient state of the server, not a wrong statement.
-RETRYABLE_CODES = frozenset(
-    {
-        159,  # TIMEOUT_EXCEEDED
-        164,  # READONLY (replica read-only for a while)
-        202,  # TOO_MANY_SIMULTANEOUS_QUERIES
-        203,  # NO_FREE_CONNECTION
-        209,  # SOCKET_TIMEOUT
-        210,  # NETWORK_ERROR
-        241,  # MEMORY_LIMIT_EXCEEDED
-        242,  # TABLE_IS_READ_ONLY
-        252,  # TOO_MANY_PARTS
-        319,  # UNKNOWN_STATUS_OF_INSERT
-        425,  # SYSTEM_ERROR
-        999,  # KEEPER_EXCEPTION
-    }
-)
-_CODE = re.compile(r"Code:\s*(\d+)")
-_MAX_CAUSE = 300
+__all__ = [
+    "RETRYABLE_CODES",
+    "ChdbBackend",
+    "ClickHouseBackend",
+    "QueryResult",
+    "ServerBackend",
+    "arrow_to_result",
+    "error_code",
+    "insert_statement",
+    "short_cause",
+]
 
 
-class QueryResult(NamedTuple):
-    """Column names and rows of a query; values are plain Python (str, int, float, datetime...)."""
-
-    column_names: tuple[str, ...]
-    rows: list[tuple[Any, ...]]
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,200}")
 
 
-@runtime_checkable
-class ClickHouseBackend(Protocol):
-    """What the sink needs from a ClickHouse engine."""
-
-    def command(self, sql: str) -> None:
-        """Run a statement whose result is not needed (DDL, INSERT ... VALUES)."""
-
-    def query(self, sql: str) -> QueryResult:
-        """Run a statement and return its result."""
-
-    def insert_arrow(self, database: str, table: str, data: pa.Table) -> None:
-        """Insert the columns of ``data`` (named like the table's columns) into a table."""
-
-    def close(self) -> None:
-        """Release the connection or session; idempotent."""
-
-
-def short_cause(exc: BaseException, secret: str | None = None) -> str:
-    """The first line of an error, trimmed, with a secret (password) blanked out."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if secret:
-        text = text.replace(secret, "***")
-    return text if len(text) <= _MAX_CAUSE else text[: _MAX_CAUSE - 1] + "…"
-
-
-def error_code(exc: BaseException) -> int | None:
-    """The ClickHouse error code of an exception, from its ``code`` or its message."""
-    code = getattr(exc, "code", None)
-    if isinstance(code, int):
-        return code
-    match = _CODE.search(str(exc))
-    return int(match.group(1)) if match else None
-
-
-def _classify(code: int | None) -> type[SinkError]:
-    return SinkUnavailable if code in RETRYABLE_CODES else QueryFailed
-
-
-# ---------------------------------------------------------------- Arrow results to Python values
-
-
-def _needs_conversion(typ: pa.DataType) -> bool:
-    if pa.types.is_binary(typ) or pa.types.is_large_binary(typ) or pa.types.is_map(typ):
-        return True
-    if pa.types.is_list(typ) or pa.types.is_large_list(typ) or pa.types.is_fixed_size_list(typ):
-        return _needs_conversion(typ.value_type)
-    if pa.types.is_struct(typ):
-        return any(_needs_conversion(typ.field(i).type) for i in range(typ.num_fields))
-    return False
-
-
-def _convert(value: Any, typ: pa.DataType) -> Any:
-    if value is None:
-        return None
-    if pa.types.is_binary(typ) or pa.types.is_large_binary(typ):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            return value
-    if pa.types.is_map(typ):
-        return {_convert(k, typ.key_type): _convert(v, typ.item_type) for k, v in value}
-    if pa.types.is_list(typ) or pa.types.is_large_list(typ) or pa.types.is_fixed_size_list(typ):
-        return [_convert(v, typ.value_type) for v in value]
-    if pa.types.is_struct(typ):
-        return {f.name: _convert(value[f.name], f.type) for f in typ}
-    return value
-
-
-def arrow_to_result(table: pa.Table) -> QueryResult:
-    """Rows of an Arrow result. ClickHouse ``String`` arrives as binary (it may hold any bytes):
-    a value that is valid UTF-8 becomes ``str``, any other stays ``bytes``; Maps become dicts."""
-    columns = []
-    for field, column in zip(table.schema, table.columns, strict=True):
-        values = column.to_pylist()
-        if _needs_conversion(field.type):
-            values = [_convert(v, field.type) for v in values]
-        columns.append(values)
-    rows = list(zip(*columns, strict=True)) if columns else []
-    return QueryResult(tuple(table.schema.names), rows)
-
-
-def insert_statement(database: str, table: str, names: list[str], source: str) -> str:
+def insert_statement(
+    database: str, table: str, names: list[str], source: str, dedup_token: str | None = None
+) -> str:
     cols = ", ".join(f"`{n}`" for n in names)
-    return f"INSERT INTO `{database}`.`{table}` ({cols}) SELECT {cols} FROM Python({source})"
+    settings = ""
+    if dedup_token is not None:
+        if not _TOKEN.fullmatch(dedup_token):
+            raise SinkConfigError(
+                f"insert deduplication token must be [A-Za-z0-9_-]: {dedup_token!r}"
+            )
+        settings = f" SETTINGS insert_deduplication_token = '{dedup_token}'"
+    return (
+        f"INSERT INTO `{database}`.`{table}` ({cols}){settings} SELECT {cols} FROM Python({source})"
+    )
 
 
 # ------------------------------------------------------------------------------ embedded chDB
@@ -149,6 +73,7 @@ class _Shared:
     def __init__(self, session: Any) -> None:
         self.session = session
         self.users = 0
+        self.lock = threading.RLock()
 
 
 _REGISTRY: dict[str, _Shared] = {}
@@ -218,13 +143,20 @@ class ChdbBackend:
             raise SinkConfigError(f"{self!r} is closed")
         return self._shared.session
 
+    @property
+    def lock(self) -> AbstractContextManager[bool]:
+        """Held while a statement runs on the shared session; take it to use ``session``."""
+        if self._shared is None:
+            raise SinkConfigError(f"{self!r} is closed")
+        return self._shared.lock
+
     def _run(self, sql: str, fmt: str) -> Any:
         session = self.session
         try:
-            return session.query(sql, fmt)
+            with self.lock:
+                return session.query(sql, fmt)
         except Exception as exc:  # ChdbError (a RuntimeError) or a conversion error of Python()
-            code = error_code(exc)
-            raise _classify(code)(f"embedded ClickHouse: {short_cause(exc)}") from exc
+            raise classify(exc)(f"embedded ClickHouse: {short_cause(exc)}") from exc
 
     def command(self, sql: str) -> None:
         self._run(sql, "CSV")
@@ -232,9 +164,12 @@ class ChdbBackend:
     def query(self, sql: str) -> QueryResult:
         return arrow_to_result(self._run(sql, "ArrowTable"))
 
-    def insert_arrow(self, database: str, table: str, data: pa.Table) -> None:
+    def insert_arrow(
+        self, database: str, table: str, data: pa.Table, *, dedup_token: str | None = None
+    ) -> None:
         _gridstream_rows = data  # noqa: F841 -- chDB's Python() finds it by name in this frame
-        self._run(insert_statement(database, table, data.schema.names, "_gridstream_rows"), "CSV")
+        names = data.schema.names
+        self._run(insert_statement(database, table, names, "_gridstream_rows", dedup_token), "CSV")
 
     def close(self) -> None:
         shared, self._shared = self._shared, None
@@ -245,113 +180,3 @@ class ChdbBackend:
             if shared.users == 0:
                 _REGISTRY.pop(self.path, None)
                 shared.session.close()
-
-
-# --------------------------------------------------------------------------- ClickHouse server
-
-
-class ServerBackend:
-    """A ClickHouse server over HTTP(S) with clickhouse-connect; connects on first use.
-
-    ``database`` is only the connection's default (it must exist); the sink names its own
-    database in every statement. The password is held as a ``SecretStr``, shown as stars in
-    ``repr`` and blanked out of every error this class raises.
-    """
-
-    def __init__(
-        self,
-        host: str = "localhost",
-        port: int | None = None,
-        username: str = "default",
-        password: SecretStr | str = "",
-        database: str = "default",
-        *,
-        secure: bool = False,
-        verify: bool = True,
-        connect_timeout: float = 10.0,
-        send_receive_timeout: float = 300.0,
-    ) -> None:
-        self.host = host
-        self.port = port if port is not None else (8443 if secure else 8123)
-        self.username = username
-        self._password = password if isinstance(password, SecretStr) else SecretStr(password)
-        self.database = database
-        self.secure = secure
-        self.verify = verify
-        self.connect_timeout = connect_timeout
-        self.send_receive_timeout = send_receive_timeout
-        self._client: Any = None
-        self._lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        scheme = "https" if self.secure else "http"
-        return (
-            f"ServerBackend({scheme}://{self.host}:{self.port}, username={self.username!r}, "
-            f"database={self.database!r}, password=**********)"
-        )
-
-    def _secret(self) -> str | None:
-        return self._password.get_secret_value() or None
-
-    def _cause(self, exc: Exception) -> Exception | None:
-        """The original error to chain, unless its text would leak the password."""
-        secret = self._secret()
-        return None if secret and secret in str(exc) else exc
-
-    def _wrap(self, exc: Exception, what: str) -> SinkError:
-        from clickhouse_connect.driver.exceptions import OperationalError
-
-        code = error_code(exc)
-        cls = SinkUnavailable if isinstance(exc, OperationalError) else _classify(code)
-        where = f"{self.host}:{self.port}"
-        return cls(f"ClickHouse at {where}, {what}: {short_cause(exc, self._secret())}")
-
-    def client(self) -> Any:
-        """The clickhouse-connect client, created (and the server reached) on first call."""
-        with self._lock:
-            if self._client is None:
-                import clickhouse_connect
-
-                try:
-                    self._client = clickhouse_connect.get_client(
-                        host=self.host,
-                        port=self.port,
-                        username=self.username,
-                        password=self._password.get_secret_value(),
-                        database=self.database,
-                        secure=self.secure,
-                        verify=self.verify,
-                        connect_timeout=self.connect_timeout,
-                        send_receive_timeout=self.send_receive_timeout,
-                    )
-                except Exception as exc:  # any failure to connect is an outage
-                    raise self._wrap(exc, "connect") from self._cause(exc)
-            return self._client
-
-    def command(self, sql: str) -> None:
-        client = self.client()
-        try:
-            client.command(sql)
-        except Exception as exc:
-            raise self._wrap(exc, "command") from self._cause(exc)
-
-    def query(self, sql: str) -> QueryResult:
-        client = self.client()
-        try:
-            table = client.query_arrow(sql, use_strings=False)
-        except Exception as exc:
-            raise self._wrap(exc, "query") from self._cause(exc)
-        return arrow_to_result(table)
-
-    def insert_arrow(self, database: str, table: str, data: pa.Table) -> None:
-        client = self.client()
-        try:
-            client.insert_arrow(table, data, database=database)
-        except Exception as exc:
-            raise self._wrap(exc, f"insert into {database}.{table}") from self._cause(exc)
-
-    def close(self) -> None:
-        with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()

@@ -3,28 +3,41 @@
 The same statements run on embedded chDB and on a ClickHouse server. Every statement must be
 idempotent (``IF NOT EXISTS``), because a process that dies halfway through a migration runs it
 again on the next start; ``schema_migrations`` records a version only after its statements ran and
-the resulting tables were checked.
+the resulting tables were checked. Views (``sinks.views``) and retention TTLs are not versioned:
+they are applied at every start, from the code and the configuration.
 
-Idempotent writes, and how to count. Every table is a ``ReplacingMergeTree`` whose sorting key is
-the record's natural key, so a replayed batch (at-least-once delivery) collapses to one row:
+Keys follow how analysts ask: by entity and time range (every sorting key starts with
+``entity_kind, entity_id`` and ends in time, so "feeders", "feeder f-7" and "f-7 last week" read
+a key range), by severity (a ``set`` skip index on ``anomalies.severity``). Times are
+``DateTime64(3, 'UTC')``; ids and kinds ``LowCardinality``; regular time columns ``DoubleDelta``
+and gauges ``Gorilla``, both under ZSTD.
 
-- ``forecasts``: (entity_kind, entity_id, horizon_s, issued_at); the newest ``written_at`` wins.
-- ``anomalies``: (entity_kind, entity_id, ts, event_id); the newest ``detected_at`` wins.
-- ``dead_letters``: (source_topic, source_partition, source_offset); newest ``dead_lettered_at``.
+Idempotent writes, twice over:
 
-Replacement happens in background merges, at an unknown time. A query that counts or sums must
-therefore collapse duplicates itself: ``SELECT count() FROM gridstream.forecasts FINAL``, or
-``argMax(p50, written_at) ... GROUP BY entity_kind, entity_id, horizon_s, issued_at``. Partition
-keys are functions of a sorting-key column (``toYYYYMM(issued_at)``, ``toYYYYMM(ts)``), so copies
-of one key always land in one partition and merges can collapse them; ``dead_letters`` has no time
-in its key and is not partitioned.
+1. Every table is a ``ReplacingMergeTree`` whose sorting key is the record's natural key, so a
+   replayed batch collapses to one row per key, the newest processing stamp winning:
+   ``readings`` (entity_kind, entity_id, ts) by ``written_at``; ``forecasts`` (entity_kind,
+   entity_id, horizon_s, issued_at) by ``written_at``; ``anomalies`` (entity_kind, entity_id, ts,
+   event_id) by ``detected_at``; ``drift_events`` (entity_kind, entity_id, detector, ts) by
+   ``detected_at``; ``dead_letters`` (source_topic, source_partition, source_offset) by
+   ``dead_lettered_at``. Replacement happens in background merges, so a query that counts must
+   collapse copies itself: ``FROM t FINAL`` or ``argMax(x, written_at) ... GROUP BY <key>``; every
+   view in ``sinks.views`` does.
+2. Every insert carries an ``insert_deduplication_token`` (a hash of the rows without their
+   processing stamp), and every table keeps ``non_replicated_deduplication_window`` tokens, so
+   the same batch written again (a crash between insert and offset commit, a retry after a lost
+   acknowledgement) is dropped by the engine before it becomes a second part.
 
-Non-finite quantiles. ``p10``/``p50``/``p90`` are stored as given, NaN and ±inf included (Float64
-holds them, and NULL would hide the difference between "no forecast" and "not written"). A model
-that cannot forecast emits NaN; analysts filter with ``isFinite(p50)``.
+Partition keys are functions of a sorting-key column, so copies of one key always meet in one
+partition; ``dead_letters`` has no time in its key and is not partitioned.
 
-To change the schema, append a ``Migration`` (e.g. ``ALTER TABLE {db}.t ADD COLUMN IF NOT EXISTS``)
-and update ``EXPECTED_TABLES`` to the resulting shape; never edit a released migration.
+Non-finite values are stored as given (NaN and ±inf are Float64 values; NULL would blur "no
+value" and "not written"): a forecast model that cannot forecast emits NaN, and the views filter
+with ``isFinite``. Optional reading channels that were absent are NULL.
+
+To change the schema, append a ``Migration`` (e.g. ``ALTER TABLE {db}.t ADD COLUMN IF NOT
+EXISTS``) and update the ``Table`` to the resulting shape; never edit a released migration — that
+is why version 1 is kept as the literal text it was released with.
 """
 
 from __future__ import annotations
@@ -36,6 +49,7 @@ from sinks.exceptions import SinkConfigError
 
 DEFAULT_DATABASE = "gridstream"
 DB = "{db}"  # placeholder in statements, replaced by the quoted database name
+DEDUP_WINDOW = 1000  # insert tokens remembered per table: ~1000 batches of replay protection
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
@@ -75,6 +89,9 @@ class Table:
     engine: str  # with arguments, e.g. "ReplacingMergeTree(written_at)"
     order_by: tuple[str, ...]
     partition_by: str | None = None
+    indexes: tuple[str, ...] = ()  # "name expr TYPE t GRANULARITY g"
+    ttl_column: str | None = None  # the time a retention TTL counts from
+    dedup_window: int = DEDUP_WINDOW
 
     @property
     def engine_name(self) -> str:
@@ -89,13 +106,19 @@ class Table:
         return {c.name: c.type for c in self.columns}
 
     def create_sql(self) -> str:
-        cols = ",\n    ".join(c.sql() for c in self.columns)
+        parts = [c.sql() for c in self.columns] + [f"INDEX {i}" for i in self.indexes]
+        body = ",\n    ".join(parts)
         partition = f"\nPARTITION BY {self.partition_by}" if self.partition_by else ""
         # One column without parentheses: ClickHouse would report "(version)" as the sorting key.
         key = self.sorting_key if len(self.order_by) == 1 else f"({self.sorting_key})"
+        settings = (
+            f"\nSETTINGS non_replicated_deduplication_window = {self.dedup_window}"
+            if self.dedup_window
+            else ""
+        )
         return (
-            f"CREATE TABLE IF NOT EXISTS {DB}.`{self.name}` (\n    {cols}\n)\n"
-            f"ENGINE = {self.engine}{partition}\nORDER BY {key}"
+            f"CREATE TABLE IF NOT EXISTS {DB}.`{self.name}` (\n    {body}\n)\n"
+            f"ENGINE = {self.engine}{partition}\nORDER BY {key}{settings}"
         )
 
 
@@ -108,10 +131,57 @@ class Migration:
     statements: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """Days each table keeps rows, counted from its ``ttl_column``; 0 keeps them forever.
+
+    Applied as table TTLs at every start (``ALTER TABLE ... MODIFY TTL`` only when it changed),
+    so an operator changes retention with a setting, not a migration.
+    """
+
+    readings_days: int = 0
+    forecasts_days: int = 0
+    anomalies_days: int = 0
+    drift_events_days: int = 0
+    dead_letters_days: int = 0
+
+    def __post_init__(self) -> None:
+        for name in self.__slots__:
+            days = getattr(self, name)
+            if not isinstance(days, int) or days < 0:
+                raise SinkConfigError(f"retention {name} must be a whole number >= 0, got {days!r}")
+
+    def days(self, table: str) -> int:
+        return int(getattr(self, f"{table}_days"))
+
+
 _TS = "DateTime64(3, 'UTC')"
 _LC = "LowCardinality(String)"
 _TS_CODEC = "DoubleDelta, ZSTD"
 _FLOAT_CODEC = "Gorilla, ZSTD"
+_CHANNEL = "Nullable(Float64)"
+
+READINGS = Table(
+    name="readings",
+    columns=(
+        Column("entity_id", _LC),
+        Column("entity_kind", _LC),
+        Column("ts", _TS, _TS_CODEC),
+        Column("value", "Float64", _FLOAT_CODEC),  # active power: kW (meters) / MW (SCADA)
+        Column("unit", _LC),
+        Column("reactive", _CHANNEL, _FLOAT_CODEC),  # kvar / Mvar
+        Column("voltage", _CHANNEL, _FLOAT_CODEC),  # V (meters) / kV (SCADA)
+        Column("current", _CHANNEL, _FLOAT_CODEC),  # A
+        Column("frequency", _CHANNEL, _FLOAT_CODEC),  # Hz
+        Column("temperature", _CHANNEL, _FLOAT_CODEC),  # °C
+        Column("quality", "LowCardinality(Nullable(String))"),
+        Column("written_at", _TS),
+    ),
+    engine="ReplacingMergeTree(written_at)",
+    order_by=("entity_kind", "entity_id", "ts"),
+    partition_by="toYYYYMM(ts)",
+    ttl_column="ts",
+)
 
 FORECASTS = Table(
     name="forecasts",
@@ -131,6 +201,7 @@ FORECASTS = Table(
     engine="ReplacingMergeTree(written_at)",
     order_by=("entity_kind", "entity_id", "horizon_s", "issued_at"),
     partition_by="toYYYYMM(issued_at)",
+    ttl_column="issued_at",
 )
 
 ANOMALIES = Table(
@@ -152,6 +223,25 @@ ANOMALIES = Table(
     engine="ReplacingMergeTree(detected_at)",
     order_by=("entity_kind", "entity_id", "ts", "event_id"),
     partition_by="toYYYYMM(ts)",
+    indexes=("idx_severity severity TYPE set(3) GRANULARITY 4",),
+    ttl_column="ts",
+)
+
+DRIFT_EVENTS = Table(
+    name="drift_events",
+    columns=(
+        Column("entity_id", _LC),
+        Column("entity_kind", _LC),
+        Column("ts", _TS),  # the reading time the drift was detected at
+        Column("detector", _LC),  # e.g. "psi", "adwin", "page_hinkley"
+        Column("statistic", "Float64"),  # the detector's test statistic
+        Column("detail", "String"),  # JSON object: windows, thresholds, features
+        Column("detected_at", _TS),
+    ),
+    engine="ReplacingMergeTree(detected_at)",
+    order_by=("entity_kind", "entity_id", "detector", "ts"),
+    partition_by="toYYYYMM(ts)",
+    ttl_column="ts",
 )
 
 DEAD_LETTERS = Table(
@@ -168,6 +258,7 @@ DEAD_LETTERS = Table(
     ),
     engine="ReplacingMergeTree(dead_lettered_at)",
     order_by=("source_topic", "source_partition", "source_offset"),
+    ttl_column="dead_lettered_at",
 )
 
 # Bookkeeping, created before any migration so the current version can be read.
@@ -180,27 +271,94 @@ SCHEMA_MIGRATIONS = Table(
     ),
     engine="ReplacingMergeTree(applied_at)",
     order_by=("version",),
+    dedup_window=0,
 )
 
-BOOTSTRAP: tuple[str, ...] = (
-    f"CREATE DATABASE IF NOT EXISTS {DB}",
-    SCHEMA_MIGRATIONS.create_sql(),
+# Exactly as released: bootstrap and version 1 must create what they always created.
+_SCHEMA_MIGRATIONS_V1 = (
+    "CREATE TABLE IF NOT EXISTS {db}.`schema_migrations` (\n    `version` UInt32,\n"
+    "    `description` String,\n    `applied_at` DateTime64(3, 'UTC')\n)\n"
+    "ENGINE = ReplacingMergeTree(applied_at)\nORDER BY version"
 )
+_V1: tuple[str, ...] = (
+    "CREATE TABLE IF NOT EXISTS {db}.`forecasts` (\n    `entity_id` LowCardinality(String),\n"
+    "    `entity_kind` LowCardinality(String),\n"
+    "    `issued_at` DateTime64(3, 'UTC') CODEC(DoubleDelta, ZSTD),\n    `horizon_s` UInt32,\n"
+    "    `target_ts` DateTime64(3, 'UTC') CODEC(DoubleDelta, ZSTD),\n"
+    "    `p10` Float64 CODEC(Gorilla, ZSTD),\n    `p50` Float64 CODEC(Gorilla, ZSTD),\n"
+    "    `p90` Float64 CODEC(Gorilla, ZSTD),\n    `unit` LowCardinality(String),\n"
+    "    `model` LowCardinality(String),\n    `written_at` DateTime64(3, 'UTC')\n)\n"
+    "ENGINE = ReplacingMergeTree(written_at)\nPARTITION BY toYYYYMM(issued_at)\n"
+    "ORDER BY (entity_kind, entity_id, horizon_s, issued_at)",
+    "CREATE TABLE IF NOT EXISTS {db}.`anomalies` (\n    `event_id` String,\n"
+    "    `entity_id` LowCardinality(String),\n    `entity_kind` LowCardinality(String),\n"
+    "    `ts` DateTime64(3, 'UTC'),\n    `score` Float64,\n    `severity` LowCardinality(String),\n"
+    "    `detectors` Map(LowCardinality(String), Float64),\n"
+    "    `fired` Array(LowCardinality(String)),\n    `explanation` String,\n"
+    "    `reading` String,\n    `model_versions` Map(LowCardinality(String), String),\n"
+    "    `detected_at` DateTime64(3, 'UTC')\n)\nENGINE = ReplacingMergeTree(detected_at)\n"
+    "PARTITION BY toYYYYMM(ts)\nORDER BY (entity_kind, entity_id, ts, event_id)",
+    "CREATE TABLE IF NOT EXISTS {db}.`dead_letters` (\n    `source_topic` LowCardinality(String),\n"
+    "    `source_partition` Int32,\n    `source_offset` Int64,\n    `key` Nullable(String),\n"
+    "    `raw` String,\n    `error_class` LowCardinality(String),\n    `error` String,\n"
+    "    `dead_lettered_at` DateTime64(3, 'UTC')\n)\n"
+    "ENGINE = ReplacingMergeTree(dead_lettered_at)\n"
+    "ORDER BY (source_topic, source_partition, source_offset)",
+)
+
+
+def _dedup_window(table: Table) -> str:
+    return (
+        f"ALTER TABLE {DB}.`{table.name}` "
+        f"MODIFY SETTING non_replicated_deduplication_window = {table.dedup_window}"
+    )
+
+
+BOOTSTRAP: tuple[str, ...] = (f"CREATE DATABASE IF NOT EXISTS {DB}", _SCHEMA_MIGRATIONS_V1)
 
 MIGRATIONS: tuple[Migration, ...] = (
+    Migration(version=1, description="forecasts, anomalies, dead_letters", statements=_V1),
     Migration(
-        version=1,
-        description="forecasts, anomalies, dead_letters",
-        statements=(FORECASTS.create_sql(), ANOMALIES.create_sql(), DEAD_LETTERS.create_sql()),
+        version=2,
+        description=(
+            "readings, drift_events; insert deduplication windows; anomalies severity index"
+        ),
+        statements=(
+            READINGS.create_sql(),
+            DRIFT_EVENTS.create_sql(),
+            _dedup_window(FORECASTS),
+            _dedup_window(ANOMALIES),
+            _dedup_window(DEAD_LETTERS),
+            f"ALTER TABLE {DB}.`anomalies` ADD INDEX IF NOT EXISTS {ANOMALIES.indexes[0]}",
+        ),
     ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
 
+# The tables rows are written to, in the order ``ClickHouseSink.write`` inserts them.
+DATA_TABLES: tuple[Table, ...] = (READINGS, FORECASTS, ANOMALIES, DRIFT_EVENTS, DEAD_LETTERS)
+
 # The shape every table has after the latest migration; the sink checks it at start.
-EXPECTED_TABLES: dict[str, Table] = {
-    t.name: t for t in (FORECASTS, ANOMALIES, DEAD_LETTERS, SCHEMA_MIGRATIONS)
-}
+EXPECTED_TABLES: dict[str, Table] = {t.name: t for t in (*DATA_TABLES, SCHEMA_MIGRATIONS)}
+
+
+def ttl_expression(table: Table, days: int) -> str | None:
+    """The TTL a retention of ``days`` gives ``table``, as ClickHouse prints it back."""
+    if not days:
+        return None
+    if table.ttl_column is None:
+        raise SinkConfigError(f"table {table.name} has no retention column")
+    return f"{table.ttl_column} + toIntervalDay({days})"
+
+
+_TTL = re.compile(r"\bTTL\s+(.*?)(?:\s+SETTINGS\s|$)", re.S)
+
+
+def current_ttl(engine_full: str) -> str | None:
+    """The table TTL in ``system.tables.engine_full``, or None."""
+    match = _TTL.search(engine_full)
+    return match.group(1).strip() if match else None
 
 
 def _check_order() -> None:

@@ -109,6 +109,12 @@ class ClickHouseSettings(_Section):
     verify: bool = True
     connect_timeout_s: float = Field(10.0, gt=0)
     send_receive_timeout_s: float = Field(60.0, gt=0)
+    store_readings: bool = Field(True, description="write valid readings (load/accuracy views)")
+    readings_ttl_days: int = Field(90, ge=0, le=36_500, description="0 keeps rows forever")
+    forecasts_ttl_days: int = Field(90, ge=0, le=36_500, description="0 keeps rows forever")
+    anomalies_ttl_days: int = Field(0, ge=0, le=36_500, description="0 keeps rows forever")
+    drift_events_ttl_days: int = Field(0, ge=0, le=36_500, description="0 keeps rows forever")
+    dead_letters_ttl_days: int = Field(30, ge=0, le=36_500, description="0 keeps rows forever")
 
     def secret(self) -> str:
         if self.password_file is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sinks.clickhouse import ClickHouseSink
 from sinks.clickhouse_backend import ChdbBackend, ClickHouseBackend, ServerBackend
+from sinks.ddl import Retention
 from streams.config import Settings
 
 
@@ -27,6 +28,22 @@ def clickhouse_backend(settings: Settings) -> ClickHouseBackend | None:
     )
 
 
-def clickhouse_sink(settings: Settings) -> ClickHouseSink | None:
-    backend = clickhouse_backend(settings)
-    return None if backend is None else ClickHouseSink(backend, settings.clickhouse.database)
+def retention(settings: Settings) -> Retention:
+    ch = settings.clickhouse
+    return Retention(
+        readings_days=ch.readings_ttl_days,
+        forecasts_days=ch.forecasts_ttl_days,
+        anomalies_days=ch.anomalies_ttl_days,
+        drift_events_days=ch.drift_events_ttl_days,
+        dead_letters_days=ch.dead_letters_ttl_days,
+    )
+
+
+def clickhouse_sink(settings: Settings, backend: ClickHouseBackend | None = None
+                    ) -> ClickHouseSink | None:
+    """The configured sink (on ``backend`` if given), or None when ClickHouse is off."""
+    backend = backend or clickhouse_backend(settings)
+    if backend is None:
+        return None
+    return ClickHouseSink(backend, settings.clickhouse.database, retention=retention(settings),
+                          store_readings=settings.clickhouse.store_readings)

@@ -1,8 +1,7 @@
-"""The ClickHouse sink on the real engine (chDB), one fresh database per test, no mocks.
+"""The ClickHouse sink on the real engine, one fresh database per test, no mocks.
 
-The ``backend`` fixture is the seam for the server path: once the test-only HTTP endpoint exists,
-add a ``"server"`` param that yields a ``ServerBackend`` pointed at it, and every test here runs
-against clickhouse-connect too.
+Every test taking ``backend`` runs twice: on embedded chDB and on clickhouse-connect over HTTP to
+the test-only endpoint (``tests/chserver``), which executes in the same chDB.
 """
 
 from __future__ import annotations
@@ -44,10 +43,13 @@ def utc(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
-@pytest.fixture(params=["chdb"])
-def backend(request: pytest.FixtureRequest, chdb_path: Path) -> Iterator[ClickHouseBackend]:
-    if request.param != "chdb":  # pragma: no cover - "server" arrives with the HTTP endpoint
-        raise NotImplementedError(request.param)
+@pytest.fixture
+def backend(ch_backend: ClickHouseBackend) -> ClickHouseBackend:
+    return ch_backend
+
+
+@pytest.fixture
+def chdb_backend(chdb_path: Path) -> Iterator[ChdbBackend]:
     chdb = ChdbBackend(chdb_path)
     yield chdb
     chdb.close()
@@ -128,7 +130,9 @@ def test_schema_is_applied_once_and_matches_the_declared_tables(
     assert sink.ensure_schema() == LATEST_VERSION  # second time: nothing to do, still valid
     assert ClickHouseSink(backend, database).ensure_schema() == LATEST_VERSION
     assert sink.schema_version() == LATEST_VERSION
-    versions = rows(sink, f"SELECT version FROM `{database}`.schema_migrations FINAL")
+    versions = rows(
+        sink, f"SELECT version FROM `{database}`.schema_migrations FINAL ORDER BY version"
+    )
     assert versions == [{"version": m.version} for m in MIGRATIONS]
     # The declared shape (what the check compares) is exactly what the DDL created.
     for name, spec in EXPECTED_TABLES.items():
@@ -268,17 +272,26 @@ def test_dead_letters_keep_the_original_bytes(sink: ClickHouseSink, database: st
     assert scalar(sink, first_raw) == invalid.hex().upper()
 
 
-def test_a_replayed_batch_counts_once_with_final(sink: ClickHouseSink, database: str) -> None:
+def test_a_replayed_batch_is_dropped_at_insert(sink: ClickHouseSink, database: str) -> None:
     letters = [dead_letter(1, b"x", b"k"), dead_letter(2, b"y", None)]
     anomalies = [anomaly("e1", T0), anomaly("e2", T0 + 1000)]
     sink.write(forecast_batch(), anomalies, letters, now_ms=NOW)
-    sink.write(forecast_batch(), anomalies, letters, now_ms=NOW + 60_000)  # redelivery
+    sink.write(forecast_batch(), anomalies, letters, now_ms=NOW)  # a retry
+    sink.write(forecast_batch(), anomalies, letters, now_ms=NOW + 60_000)  # a replay, re-stamped
     for table, expected in (("forecasts", 3), ("anomalies", 2), ("dead_letters", 2)):
-        assert scalar(sink, f"SELECT count() FROM `{database}`.{table} FINAL") == expected, table
-    latest = scalar(
-        sink, f"SELECT max(written_at) FROM `{database}`.forecasts FINAL WHERE entity_id = 'm-1'"
-    )
-    assert latest == utc(NOW + 60_000)  # ReplacingMergeTree(written_at) keeps the newest copy
+        # no FINAL: the insert deduplication token kept the copies out of the table
+        assert scalar(sink, f"SELECT count() FROM `{database}`.{table}") == expected, table
+    first = scalar(sink, f"SELECT max(written_at) FROM `{database}`.forecasts")
+    assert first == utc(NOW)  # the first copy stays
+
+
+def test_a_changed_record_replaces_the_old_one(sink: ClickHouseSink, database: str) -> None:
+    sink.write(forecast_batch(), [], [], now_ms=NOW)
+    changed = dataclasses.replace(forecast_batch(), p50=np.array([9.0, 9.0, 9.0]))
+    sink.write(changed, [], [], now_ms=NOW + 60_000)  # same keys, new values: not a duplicate
+    assert scalar(sink, f"SELECT count() FROM `{database}`.forecasts") == 6
+    got = rows(sink, f"SELECT p50, written_at FROM `{database}`.forecasts FINAL")
+    assert got == [{"p50": 9.0, "written_at": utc(NOW + 60_000)}] * 3  # the newest copy wins
 
 
 def test_empty_inputs_write_nothing(sink: ClickHouseSink, database: str) -> None:
@@ -316,7 +329,8 @@ def test_query_passthrough_reports_engine_errors(sink: ClickHouseSink) -> None:
 # ------------------------------------------------------------------------------------ backends
 
 
-def test_one_session_per_path_is_shared(backend: ChdbBackend, chdb_path: Path) -> None:
+def test_one_session_per_path_is_shared(chdb_backend: ChdbBackend, chdb_path: Path) -> None:
+    backend = chdb_backend
     other = ChdbBackend(chdb_path)
     assert other.session is backend.session
     other.close()
@@ -325,7 +339,7 @@ def test_one_session_per_path_is_shared(backend: ChdbBackend, chdb_path: Path) -
 
 
 def test_a_second_path_in_this_process_is_refused(
-    backend: ChdbBackend, chdb_path: Path, tmp_path: Path
+    chdb_backend: ChdbBackend, chdb_path: Path, tmp_path: Path
 ) -> None:
     other = tmp_path / "elsewhere"
     with pytest.raises(EmbeddedInUse) as err:
@@ -335,7 +349,8 @@ def test_a_second_path_in_this_process_is_refused(
     assert not other.exists()
 
 
-def test_a_directory_held_by_another_process_is_refused(backend: ChdbBackend) -> None:
+def test_a_directory_held_by_another_process_is_refused(chdb_backend: ChdbBackend) -> None:
+    backend = chdb_backend
     code = (
         "import sys\n"
         "from sinks.clickhouse_backend import ChdbBackend\n"

@@ -1,0 +1,173 @@
+"""Views for the questions analysts ask first, correct before and after background merges.
+
+Every view reads its tables ``FINAL``: a ReplacingMergeTree holds one row per natural key only
+after a merge, and a replayed batch that escaped insert deduplication must not count twice.
+Plain views, not materialized ones, on purpose: a materialized view aggregates each insert as it
+arrives and cannot see that a later row replaces an earlier one.
+
+Views hold no data, so they are (re)created at every start with ``CREATE OR REPLACE VIEW`` and a
+new gridstream version changes them without a migration. ``CREATE OR REPLACE`` would also replace a
+*table* of the same name, data and all; the sink refuses to start instead (``SchemaMismatch``).
+
+Definitions:
+
+- ``load_hourly`` / ``load_daily``: per entity and UTC hour/day, readings and min/avg/max/p95 of
+  active power (``unit`` kW for meters, MW for SCADA assets); non-finite values left out.
+  p95 is ``quantile(0.95)``: linear interpolation, exact up to 8192 readings per group.
+- ``forecast_accuracy``: every finite forecast with the actual reading at its target time — the
+  first reading of the entity at or after ``target_ts`` and less than
+  ``ACTUAL_TOLERANCE_S`` after it (grid-stamped meters match exactly, SCADA jitter is tolerated)
+  — with absolute error, percentage error (NULL when the actual is 0) and whether the actual fell
+  in [p10, p90]. Forecasts not yet due or whose reading never came are not in it.
+- ``forecast_mape_hourly``: per UTC hour of the target time, entity kind and horizon: MAPE (mean
+  of the percentage errors, zero actuals skipped), MAE, p10–p90 coverage, and ``above_2pct``,
+  the operators' alert rule (MAPE > 2 %).
+- ``anomaly_counts_daily``: per UTC day, severity and kind: events and distinct entities. The
+  kind of an anomaly is its top explanation feature — the one with the largest deviation, e.g.
+  ``kw``, ``kw_vs_time_of_day``, ``identical_readings``, ``voltage_kv`` — because it names what
+  went wrong on the grid and stays stable when the detector ensemble changes ("which detectors
+  fired" is in ``anomalies.fired``). An event without explanation has kind ``unexplained``.
+- ``top_anomalous_entities``: per entity: events by severity, max score, first and last event,
+  most frequent kind; ordered critical first.
+- ``dead_letters_daily``: per UTC day, source topic and error class: dead letters and the error
+  text of the first one (lowest offset).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sinks.ddl import DB
+
+ACTUAL_TOLERANCE_S = 60
+MAPE_ALERT_PCT = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    name: str
+    comment: str
+    select: str  # with {db} placeholders
+
+    def create_sql(self) -> str:
+        comment = self.comment.replace("\\", "\\\\").replace("'", "\\'")
+        return f"CREATE OR REPLACE VIEW {DB}.`{self.name}` AS {self.select} COMMENT '{comment}'"
+
+
+# Hours as DateTime64: a plain DateTime reaches Python through Arrow as bare epoch seconds.
+_HOUR = "toDateTime64(toStartOfHour({}), 0, 'UTC')"
+_KIND = (
+    "if(JSONLength(explanation) > 0, JSONExtractString(explanation, 1, 'feature'), 'unexplained')"
+)
+
+
+def _load(period: str, expr: str) -> str:
+    return f"""
+SELECT entity_kind, entity_id, unit, {expr} AS {period},
+       count() AS readings,
+       min(value) AS min_load, avg(value) AS avg_load, max(value) AS max_load,
+       quantile(0.95)(value) AS p95_load
+FROM {DB}.readings FINAL
+WHERE isFinite(value)
+GROUP BY entity_kind, entity_id, unit, {period}"""
+
+
+LOAD_HOURLY = View(
+    "load_hourly",
+    "per entity and UTC hour: min/avg/max/p95 active power",
+    _load("hour", _HOUR.format("ts")),
+)
+LOAD_DAILY = View(
+    "load_daily", "per entity and UTC day: min/avg/max/p95 active power", _load("day", "toDate(ts)")
+)
+
+FORECAST_ACCURACY = View(
+    "forecast_accuracy",
+    "every forecast with the actual reading at its target time, absolute and percentage error",
+    f"""
+SELECT f.entity_kind AS entity_kind, f.entity_id AS entity_id, f.horizon_s AS horizon_s,
+       f.issued_at AS issued_at, f.target_ts AS target_ts, r.ts AS actual_ts,
+       f.p10 AS p10, f.p50 AS p50, f.p90 AS p90, r.value AS actual, f.unit AS unit,
+       f.model AS model,
+       abs(f.p50 - r.value) AS abs_error,
+       if(r.value = 0, NULL, 100 * abs(f.p50 - r.value) / abs(r.value)) AS pct_error,
+       r.value >= f.p10 AND r.value <= f.p90 AS in_p10_p90
+FROM (
+    SELECT entity_kind, entity_id, horizon_s, issued_at, target_ts, p10, p50, p90, unit, model
+    FROM {DB}.forecasts FINAL
+    WHERE isFinite(p50)
+) AS f
+ASOF INNER JOIN (
+    SELECT entity_kind, entity_id, ts, value
+    FROM {DB}.readings FINAL
+    WHERE isFinite(value)
+) AS r
+ON f.entity_kind = r.entity_kind AND f.entity_id = r.entity_id AND f.target_ts <= r.ts
+WHERE r.ts < f.target_ts + toIntervalSecond({ACTUAL_TOLERANCE_S})""",
+)
+
+FORECAST_MAPE_HOURLY = View(
+    "forecast_mape_hourly",
+    "per UTC hour of target time, entity kind and horizon: MAPE; above_2pct is the alert rule",
+    f"""
+SELECT {_HOUR.format("target_ts")} AS hour, entity_kind, horizon_s,
+       count() AS forecasts, uniqExact(entity_id) AS entities,
+       avg(pct_error) AS mape_pct, avg(abs_error) AS mae,
+       avg(in_p10_p90) AS p10_p90_coverage,
+       mape_pct > {MAPE_ALERT_PCT} AS above_2pct
+FROM {DB}.forecast_accuracy
+GROUP BY hour, entity_kind, horizon_s""",
+)
+
+ANOMALY_COUNTS_DAILY = View(
+    "anomaly_counts_daily",
+    "per UTC day, severity and kind (top explanation feature): anomaly events and entities",
+    f"""
+SELECT toDate(ts) AS day, severity, {_KIND} AS kind,
+       count() AS anomalies, uniqExact(entity_kind, entity_id) AS entities,
+       max(score) AS max_score
+FROM {DB}.anomalies FINAL
+GROUP BY day, severity, kind""",
+)
+
+TOP_ANOMALOUS_ENTITIES = View(
+    "top_anomalous_entities",
+    "per entity: anomaly events by severity, max score, first/last, most frequent kind",
+    f"""
+SELECT entity_kind, entity_id,
+       sum(n) AS anomalies, sum(n_critical) AS critical, sum(n_warning) AS warning,
+       sum(n_info) AS info, max(top_score) AS max_score,
+       min(first) AS first_ts, max(last) AS last_ts,
+       argMax(kind, (n, kind)) AS top_kind
+FROM (
+    SELECT entity_kind, entity_id, {_KIND} AS kind, count() AS n,
+           countIf(severity = 'critical') AS n_critical,
+           countIf(severity = 'warning') AS n_warning,
+           countIf(severity = 'info') AS n_info,
+           max(score) AS top_score, min(ts) AS first, max(ts) AS last
+    FROM {DB}.anomalies FINAL
+    GROUP BY entity_kind, entity_id, kind
+)
+GROUP BY entity_kind, entity_id
+ORDER BY critical DESC, anomalies DESC, max_score DESC, entity_kind, entity_id""",
+)
+
+DEAD_LETTERS_DAILY = View(
+    "dead_letters_daily",
+    "per UTC day, source topic and error class: dead letters and the first error text",
+    f"""
+SELECT toDate(dead_lettered_at) AS day, source_topic, error_class,
+       count() AS dead_letters, argMin(error, source_offset) AS first_error
+FROM {DB}.dead_letters FINAL
+GROUP BY day, source_topic, error_class""",
+)
+
+VIEWS: tuple[View, ...] = (
+    LOAD_HOURLY,
+    LOAD_DAILY,
+    FORECAST_ACCURACY,
+    FORECAST_MAPE_HOURLY,
+    ANOMALY_COUNTS_DAILY,
+    TOP_ANOMALOUS_ENTITIES,
+    DEAD_LETTERS_DAILY,
+)
