@@ -25,9 +25,12 @@ from sinks.clickhouse_backend import ChdbBackend
 from sinks.encode import anomaly_json
 from streams.broker import EmbeddedBroker
 from streams.config import ClickHouseSettings, KafkaSettings, Settings
+from streams.http import HttpServer, start_http_server
+from streams.monitor import Monitor
 from streams.runner import BatchReport, StreamRunner, ensure_topics
 from streams.simulation import SimConfig
 from streams.simulator import SimStats, run_simulator
+from streams.wiring import clickhouse_sink
 
 BACKFILL_DAYS = 7
 DETECTION_GRACE_MS = 3_600_000  # an event up to an hour after a labelled window still counts
@@ -95,12 +98,15 @@ def run_demo(
         settings = _demo_settings(base, broker.bootstrap)
         ensure_topics(settings)
         backend = ChdbBackend(settings.clickhouse.path)
-        sink = ClickHouseSink(backend, settings.clickhouse.database)
+        sink = clickhouse_sink(settings, backend)
+        assert sink is not None
         sink.ensure_schema()
         state = DemoState(settings.processing.horizons_s)
-        runner = StreamRunner(
-            settings, GridProcessor(settings.processing.params()), sink, on_batch=state.on_batch
-        )
+        processor = GridProcessor(settings.processing.params())
+        monitor = Monitor(processor)
+        monitor.health.clickhouse_connected()
+        server = _http(settings, monitor, write)
+        runner = StreamRunner(settings, processor, sink, on_batch=state.on_batch, monitor=monitor)
         runner_stop, sim_stop = threading.Event(), threading.Event()
         runner_error: list[BaseException] = []
 
@@ -175,6 +181,8 @@ def run_demo(
         proc_thread.join(60)
         backend_summary = _clickhouse_counts(sink)
         backend.close()
+        if server is not None:
+            server.stop()
     if runner_error:
         raise runner_error[0]
     _summary(
@@ -190,10 +198,24 @@ def run_demo(
     return 0
 
 
+def _http(settings: Settings, monitor: Monitor, write) -> HttpServer | None:  # noqa: ANN001
+    """/health, /metrics and /models while the demo runs; a busy port only loses them."""
+    if not settings.http_port:
+        return None
+    try:
+        server = start_http_server(settings.http_port, monitor.health, monitor.registry,
+                                   monitor.models, host="127.0.0.1")
+    except OSError as exc:
+        write(f"(no HTTP endpoints: port {settings.http_port}: {exc.strerror})")
+        return None
+    write(f"health and metrics: {server.url}/health  {server.url}/metrics  {server.url}/models")
+    return server
+
+
 def _clickhouse_counts(sink: ClickHouseSink) -> dict[str, int]:
     db = sink.database
     out = {}
-    for table in ("forecasts", "anomalies", "dead_letters"):
+    for table in ("readings", "forecasts", "anomalies", "dead_letters"):
         out[table] = int(sink.query(f"SELECT count() FROM {db}.{table} FINAL").rows[0][0])
     return out
 
@@ -240,8 +262,8 @@ def _summary(
     if state.batch_s:
         write(f"batches {len(state.batch_s):,}, median batch {1000 * median(state.batch_s):.1f} ms")
     write(
-        f"ClickHouse rows (FINAL): forecasts {ch['forecasts']:,}, anomalies {ch['anomalies']:,}, "
-        f"dead letters {ch['dead_letters']:,}"
+        f"ClickHouse rows (FINAL): readings {ch['readings']:,}, forecasts {ch['forecasts']:,}, "
+        f"anomalies {ch['anomalies']:,}, dead letters {ch['dead_letters']:,}"
     )
     labels = _load_labels(labels_file) if labels_file.exists() else []
     # Detection is judged from the fourth simulated day: the seasonal detector needs three days.

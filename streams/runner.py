@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -27,6 +28,7 @@ from sinks.encode import encode_anomalies, encode_dead_letters, encode_forecasts
 from sinks.exceptions import SinkError
 from sinks.topics import TopicSink
 from streams.config import Settings
+from streams.monitor import NullMonitor, RunnerMonitor
 
 log = logging.getLogger("gridstream.runner")
 
@@ -44,6 +46,11 @@ class BatchReport:
     counters: Counter[str]
     readings_batch: ReadingBatch
     result: ProcessResult
+    consumed_by_topic: dict[str, int] = field(default_factory=dict)
+    produced: dict[str, int] = field(default_factory=dict)  # output topic -> records
+    dead_letter_reasons: Counter[str] = field(default_factory=Counter)
+    stage_s: dict[str, float] = field(default_factory=dict)  # decode/process/deliver/commit
+    published_ms: int = 0  # when every output of the batch was acknowledged
 
 
 @dataclass(slots=True)
@@ -94,6 +101,7 @@ class StreamRunner:
         clock: Callable[[], float] = time.time,
         on_batch: Callable[[BatchReport], None] | None = None,
         max_backoff_s: float = 30.0,
+        monitor: RunnerMonitor | None = None,
     ) -> None:
         self.settings = settings
         self.processor = processor or GridProcessor(settings.processing.params())
@@ -101,6 +109,7 @@ class StreamRunner:
         self.clock = clock
         self.on_batch = on_batch
         self.max_backoff_s = max_backoff_s
+        self.monitor: RunnerMonitor = monitor or NullMonitor()
         self.stats = RunStats()
         t = settings.topics
         self._contract = {t.meter: METER, t.scada: SCADA}
@@ -109,42 +118,46 @@ class StreamRunner:
         self.assigned: set[tuple[str, int]] = set()
 
     # -- clients -----------------------------------------------------------------------------
-    def _make_clients(self) -> tuple[Consumer, TopicSink]:
+    def consumer_config(self) -> dict[str, object]:
+        """The consumer's librdkafka settings: monitor callbacks < security/extra < fixed."""
         k = self.settings.kafka
-        base = k.client_config()
-        consumer = Consumer(
-            {
-                **base,
-                "group.id": k.group_id,
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": k.auto_offset_reset,
-                "isolation.level": "read_committed",
-                "enable.partition.eof": False,
-                "session.timeout.ms": k.session_timeout_ms,
-                "heartbeat.interval.ms": max(100, k.session_timeout_ms // 5),
-            }
-        )
-        producer = Producer(
-            {
-                **base,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 5,
-                "batch.num.messages": 10_000,
-                "queue.buffering.max.messages": 500_000,
-            }
-        )
-        return consumer, TopicSink(producer)
+        return {
+            **self.monitor.kafka_config("consumer"),
+            **k.client_config(),
+            "group.id": k.group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": k.auto_offset_reset,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": False,
+            "session.timeout.ms": k.session_timeout_ms,
+            "heartbeat.interval.ms": max(100, k.session_timeout_ms // 5),
+        }
+
+    def producer_config(self) -> dict[str, object]:
+        return {
+            **self.monitor.kafka_config("producer"),
+            **self.settings.kafka.client_config(),
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "batch.num.messages": 10_000,
+            "queue.buffering.max.messages": 500_000,
+        }
+
+    def _make_clients(self) -> tuple[Consumer, TopicSink]:
+        return Consumer(self.consumer_config()), TopicSink(Producer(self.producer_config()))
 
     def _on_assign(self, _consumer: Consumer, parts: list[TopicPartition]) -> None:
         self.assigned.update((p.topic, p.partition) for p in parts)
         self.stats.counters["rebalances"] += 1
+        self.monitor.assigned([(p.topic, p.partition) for p in parts])
         log.info("assigned %s", sorted(self.assigned))
 
     def _on_revoke(self, _consumer: Consumer, parts: list[TopicPartition]) -> None:
         # Offsets are committed synchronously after every batch, so nothing is pending here.
         self.assigned.difference_update((p.topic, p.partition) for p in parts)
+        self.monitor.revoked([(p.topic, p.partition) for p in parts])
         log.info("revoked %s", [(p.topic, p.partition) for p in parts])
 
     # -- loop --------------------------------------------------------------------------------
@@ -161,9 +174,12 @@ class StreamRunner:
         consumer.subscribe([t.meter, t.scada], on_assign=self._on_assign, on_revoke=self._on_revoke)
         k = self.settings.kafka
         last_input = time.monotonic()
+        self.monitor.loop_started()
+        error: BaseException | None = None
         try:
             while not stop.is_set():
                 msgs = consumer.consume(k.batch_size, k.batch_timeout_s)
+                self.monitor.polled(consumer, len(msgs))
                 if not msgs:
                     if not self.assigned:
                         last_input = time.monotonic()  # idle time counts from the assignment
@@ -172,9 +188,13 @@ class StreamRunner:
                     continue
                 last_input = time.monotonic()
                 self._process(msgs, stop)
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
             consumer.close()  # leaves the group; every processed batch is already committed
             topics.producer.flush(10)
+            self.monitor.loop_stopped(error)
         return self.stats
 
     def _process(self, msgs: list[Message], stop: threading.Event) -> None:
@@ -188,11 +208,13 @@ class StreamRunner:
                 raise SinkError(f"fatal consumer error: {err.str()}")
             else:
                 self.stats.counters["consumer_errors"] += 1
+                self.monitor.consumer_error(err)
                 log.warning("consumer error: %s", err.str())
         if not good:
             return
         now_ms = int(self.clock() * 1000)
         p = self.settings.processing
+        t_decode = time.perf_counter()
         decoded = decode_batch(
             [m.value() for m in good],
             [self._contract[m.topic()] for m in good],
@@ -201,11 +223,17 @@ class StreamRunner:
             max_future_ms=p.max_future_s * 1000,
         )
         readings = decoded.readings
+        t_process = time.perf_counter()
         result = self.processor.process_batch(readings, now_ms)
+        t_deliver = time.perf_counter()
         rejections = decoded.rejections + result.rejections  # both index the consumed batch
         dead = [_dead_letter(good[r.src_index], r, now_ms) for r in rejections]
-        self._deliver(result, dead, now_ms, stop)
+        accepted = _accepted(readings, result)
+        self._deliver(result, dead, now_ms, stop, accepted)
+        published_ms = int(self.clock() * 1000)
+        t_commit = time.perf_counter()
         self._commit(good)
+        t_end = time.perf_counter()
         c = self.stats.counters
         c.update(result.counters)
         c["consumed"] += len(good)
@@ -213,20 +241,35 @@ class StreamRunner:
         for r in rejections:
             c[f"dead_letter_{r.error_class}"] += 1
         self.stats.batches += 1
+        t = self.settings.topics
+        report = BatchReport(
+            consumed=len(good),
+            readings=len(readings),
+            dead_letters=len(dead),
+            forecasts=len(result.forecasts),
+            anomalies=len(result.anomalies),
+            duration_s=t_end - started,
+            counters=result.counters,
+            readings_batch=readings,
+            result=result,
+            consumed_by_topic=dict(Counter(m.topic() for m in good)),
+            produced={
+                t.forecasts: len(result.forecasts),
+                t.anomalies: len(result.anomalies),
+                t.dead_letters: len(dead),
+            },
+            dead_letter_reasons=Counter(r.error_class for r in rejections),
+            stage_s={
+                "decode": t_process - t_decode,
+                "process": t_deliver - t_process,
+                "deliver": t_commit - t_deliver,
+                "commit": t_end - t_commit,
+            },
+            published_ms=published_ms,
+        )
+        self.monitor.batch_done(report, self._consumer)
         if self.on_batch is not None:
-            self.on_batch(
-                BatchReport(
-                    consumed=len(good),
-                    readings=len(readings),
-                    dead_letters=len(dead),
-                    forecasts=len(result.forecasts),
-                    anomalies=len(result.anomalies),
-                    duration_s=time.perf_counter() - started,
-                    counters=result.counters,
-                    readings_batch=readings,
-                    result=result,
-                )
-            )
+            self.on_batch(report)
 
     def _deliver(
         self,
@@ -234,8 +277,13 @@ class StreamRunner:
         dead: list[DeadLetterRecord],
         now_ms: int,
         stop: threading.Event,
+        accepted: ReadingBatch | None = None,
     ) -> None:
-        """Write ClickHouse and the topics; while a sink is down, pause input and retry."""
+        """Write ClickHouse and the topics; while a sink is down, pause input and retry.
+
+        ``now_ms`` stays the same across retries, so ClickHouse's insert tokens drop a retry
+        that the server had in fact written.
+        """
         t = self.settings.topics
         outputs = [
             (t.forecasts, encode_forecasts(result.forecasts)),
@@ -250,9 +298,18 @@ class StreamRunner:
             while True:
                 try:
                     if not written_ch:
-                        self.clickhouse.write(result.forecasts, result.anomalies, dead, now_ms)
+                        rows = len(result.forecasts) + len(result.anomalies) + len(dead)
+                        self._timed(
+                            "clickhouse",
+                            rows,
+                            lambda: self.clickhouse.write(
+                                result.forecasts, result.anomalies, dead, now_ms,
+                                readings=accepted,
+                            ),
+                        )
                         written_ch = True
-                    self._topics.publish(outputs)
+                    rows = sum(len(records) for _, records in outputs)
+                    self._timed("kafka", rows, lambda: self._topics.publish(outputs))
                     return
                 except SinkError as exc:
                     if not exc.retryable or stop.is_set():
@@ -265,10 +322,21 @@ class StreamRunner:
                     deadline = time.monotonic() + backoff
                     while time.monotonic() < deadline and not stop.is_set():
                         self._consumer.poll(min(0.2, backoff))  # stay in the group while paused
+                        self.monitor.polled(self._consumer, 0)
                     backoff = min(backoff * 2, self.max_backoff_s)
         finally:
             if paused:
                 self._consumer.resume(self._consumer.assignment())
+
+    def _timed(self, sink: str, rows: int, write: Callable[[], None]) -> None:
+        """Run one output write and tell the monitor how long it took and how it ended."""
+        started = time.perf_counter()
+        try:
+            write()
+        except SinkError as exc:
+            self.monitor.output(sink, rows, time.perf_counter() - started, exc)
+            raise
+        self.monitor.output(sink, rows, time.perf_counter() - started, None)
 
     def _commit(self, msgs: list[Message]) -> None:
         last: dict[tuple[str, int], int] = {}
@@ -282,6 +350,18 @@ class StreamRunner:
             offsets=[TopicPartition(tp, part, off + 1) for (tp, part), off in last.items()],
             asynchronous=False,
         )
+
+
+def _accepted(readings: ReadingBatch, result: ProcessResult) -> ReadingBatch:
+    """Readings for the ``readings`` table: all but those the core rejected.
+
+    A conflicting duplicate must not overwrite the value analysts already have; an exact
+    duplicate may stay, ClickHouse collapses it onto the same key.
+    """
+    if not result.rejections:
+        return readings
+    rejected = np.array([r.src_index for r in result.rejections], dtype=np.int64)
+    return readings.take(~np.isin(readings.src_index, rejected))
 
 
 def _dead_letter(msg: Message, rejection: Rejection, now_ms: int) -> DeadLetterRecord:
