@@ -16,25 +16,22 @@ import pickle
 from collections import Counter
 from dataclasses import dataclass, field
 from time import perf_counter
+from typing import TYPE_CHECKING
 
 import numpy as np
 import river
 
 from models import detectors as det
 from models.events import build_events
-from models.nowcast import (
-    MODEL_NAME,
-    MODEL_VERSION,
-    Z10,
-    bucket_of,
-    expected_value,
-    interval_sigma,
-    steps_ahead,
-)
+from models.forecasting import Forecaster, Part, Recorder
+from models.nowcast import MODEL_VERSION, bucket_of, expected_value, steps_ahead
 from models.online import GatedHalfSpaceTrees
 from models.params import ProcessorParams
 from models.state import NO_TS, EntityState
 from schemas.batch import AnomalyRecord, ForecastBatch, ReadingBatch, Rejection
+
+if TYPE_CHECKING:
+    from models.ensemble import NowcastEnsemble
 
 SNAPSHOT_FORMAT = 1
 
@@ -63,16 +60,29 @@ class GridProcessor:
         params: ProcessorParams | None = None,
         state: EntityState | None = None,
         online: GatedHalfSpaceTrees | None = None,
+        ensemble: NowcastEnsemble | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self.params = params or ProcessorParams()
         self.state = state or EntityState(self.params)
         self.online = online or GatedHalfSpaceTrees(self.params)
-        self.model = f"{MODEL_NAME}@{MODEL_VERSION}"
+        self.forecaster = Forecaster(self.params, ensemble, recorder)
+        self._recorder = recorder
         self.model_versions = {
-            "nowcast": self.model,
+            "nowcast": self.forecaster.model,
             "detectors": f"gridstream-detectors@{MODEL_VERSION}",
             "online": f"river-hst@{river.__version__}",
         }
+
+    @property
+    def model(self) -> str:
+        """name@version of what issues the forecasts: the loaded ensemble or the baseline."""
+        return self.forecaster.model
+
+    def set_ensemble(self, ensemble: NowcastEnsemble | None) -> None:
+        """Swap the loaded model set between batches (hot reload); None goes back to baseline."""
+        self.forecaster.ensemble = ensemble
+        self.model_versions = {**self.model_versions, "nowcast": self.forecaster.model}
 
     # -- public ------------------------------------------------------------------------------
     def process_batch(self, batch: ReadingBatch, now_ms: int) -> ProcessResult:
@@ -233,6 +243,8 @@ class GridProcessor:
         res.counters["warming_up"] += int((~warm).sum())
 
         # -- learn ---------------------------------------------------------------------------
+        if self._recorder is not None:
+            self._recorder.add_actuals(s, ts, v)
         self._learn(
             s,
             ts,
@@ -253,7 +265,7 @@ class GridProcessor:
             cneg,
         )
         started = perf_counter()
-        rnd.forecast = self._forecasts(rows, s, ts)
+        rnd.forecast = self.forecaster.forecast(c, rows, s, ts, batch.kind[rows] == "meter")
         res.timings["nowcast"] = res.timings.get("nowcast", 0.0) + perf_counter() - started
         return rnd
 
@@ -394,51 +406,8 @@ class GridProcessor:
         c["last_value"][s] = v
         c["count"][s] += 1
 
-    def _forecasts(self, rows: np.ndarray, s: np.ndarray, ts: np.ndarray) -> _Part | None:
-        """Forecasts of this round's readings from the state right after learning them.
-
-        Computed per round, not per batch, so a reading's forecast never sees a later reading
-        (no look-ahead in backtests, and identical output whatever the batch boundaries).
-        """
-        p, c = self.params, self.state.cols
-        ready = c["count"][s] >= p.forecast_min
-        if not ready.any():
-            return None
-        rows, s, ts = rows[ready], s[ready], ts[ready]
-        k = len(p.horizons_s)
-        horizon = np.empty((rows.size, k), dtype=np.int64)
-        target = np.empty((rows.size, k), dtype=np.int64)
-        q = np.empty((3, rows.size, k), dtype=np.float64)
-        for i, h in enumerate(p.horizons_s):
-            tgt = ts + h * 1000
-            steps = steps_ahead(np.full(rows.size, h * 1000.0), c["interval_ms"][s], p)
-            b = bucket_of(tgt, p)
-            p50 = expected_value(
-                c["profile"][s, b],
-                c["profile_n"][s, b] > 0,
-                c["deviation"][s],
-                c["level"][s],
-                steps,
-                p,
-            )
-            sigma = interval_sigma(c["scale"][s], c["seasonal_scale"][s], steps, p)
-            sigma = np.where(np.isfinite(sigma), sigma, 0.0)
-            horizon[:, i] = h
-            target[:, i] = tgt
-            q[0, :, i] = p50 - Z10 * sigma
-            q[1, :, i] = p50
-            q[2, :, i] = p50 + Z10 * sigma
-        return _Part(
-            np.repeat(rows, k),
-            horizon.ravel(),
-            target.ravel(),
-            q[0].ravel(),
-            q[1].ravel(),
-            q[2].ravel(),
-        )
-
     def _assemble_forecasts(
-        self, batch: ReadingBatch, parts: list[_Part]
+        self, batch: ReadingBatch, parts: list[Part]
     ) -> tuple[ForecastBatch, np.ndarray]:
         rows = np.concatenate([x.rows for x in parts])
         order = np.argsort(rows, kind="stable")  # input order; horizons stay in params order
@@ -447,15 +416,19 @@ class GridProcessor:
         def cat(name: str) -> np.ndarray:
             return np.concatenate([getattr(x, name) for x in parts])[order]
 
+        horizon, target = cat("horizon"), cat("target")
+        p10, p50, p90 = cat("p10"), cat("p50"), cat("p90")
+        if parts[0].x is not None:
+            self.forecaster.refine(horizon, target, p10, p50, p90, cat("x"), cat("ref"))
         fb = ForecastBatch(
             entity=batch.entity[rows],
             kind=batch.kind[rows],
             issued_ms=batch.ts_ms[rows],
-            horizon_s=cat("horizon"),
-            target_ms=cat("target"),
-            p10=cat("p10"),
-            p50=cat("p50"),
-            p90=cat("p90"),
+            horizon_s=horizon,
+            target_ms=target,
+            p10=p10,
+            p50=p50,
+            p90=p90,
             model=self.model,
         )
         return fb, rows
@@ -473,17 +446,7 @@ class _Round:
     hst_x: np.ndarray
     hst_gate: np.ndarray
     feats: dict[str, np.ndarray]
-    forecast: _Part | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class _Part:
-    rows: np.ndarray
-    horizon: np.ndarray
-    target: np.ndarray
-    p10: np.ndarray
-    p50: np.ndarray
-    p90: np.ndarray
+    forecast: Part | None = None
 
 
 _CHANNELS = ("reactive", "voltage", "current", "frequency", "temperature")

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 from schemas.exceptions import GridstreamError
 from streams.config import ConfigError, Settings, load_settings
@@ -198,8 +199,19 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         print(f"gridstream: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
         return 2
     params = _settings(args).processing.params()
+    ensemble = None
+    if args.models:
+        from models.ensemble import load_ensemble
+
+        ensemble = load_ensemble(args.models)
+        params = replace(
+            params, horizons_s=tuple(sorted(set(params.horizons_s) | set(ensemble.horizons)))
+        )
+        print(
+            f"using model set {ensemble.ref} (horizons {', '.join(map(str, ensemble.horizons))} s)"
+        )
     started = time.perf_counter()
-    result = backtest_file(Path(args.input), Path(args.output), params, args.batch_size)
+    result = backtest_file(Path(args.input), Path(args.output), params, args.batch_size, ensemble)
     c = result.counters
     dead = Counter(x for x in result.dead_letter if x is not None)
     sev = Counter(ev.severity for ev in result.events)
@@ -213,6 +225,45 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         f"anomaly events: critical {sev['critical']:,}, warning {sev['warning']:,}, "
         f"info {sev['info']:,} (horizons {', '.join(f'{h} s' for h in params.horizons_s)})"
     )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from models.training import train_model_set
+    from streams.backtest import read_input, reading_batches
+
+    params = _settings(args).processing.params()
+    started = time.perf_counter()
+    batches, rejected = reading_batches(read_input(Path(args.input)))
+    rows = sum(len(b) for b in batches)
+    if rejected:
+        print(f"train: {rejected:,} rows of {args.input} are not valid readings and are skipped")
+    path, metrics, decision = train_model_set(
+        batches,
+        params,
+        Path(args.output),
+        name=args.name,
+        seed=args.seed,
+        max_iter=args.max_iter,
+        promote=not args.no_promote,
+    )
+    print(f"trained {path.name} on {rows:,} readings in {time.perf_counter() - started:.1f} s")
+    for h in params.horizons_s:
+        print(
+            f"  horizon {h:>5} s: validation MAE {metrics[f'h{h}_validation_mae']:.4g} "
+            f"(baseline {metrics[f'h{h}_baseline_mae']:.4g}), p10-p90 coverage "
+            f"{100 * metrics[f'h{h}_validation_coverage_p10_p90']:.1f} %"
+        )
+    print(
+        f"  validation error {metrics['validation_error']:.4f} "
+        f"(baseline {metrics['baseline_error']:.4f}, in forecast-scale units)"
+    )
+    if decision is not None:
+        print(
+            f"promotion: {'promoted' if decision.promoted else 'not promoted'}: {decision.reason}"
+        )
     return 0
 
 
@@ -290,7 +341,26 @@ def build_parser() -> argparse.ArgumentParser:
         default=5000,
         help="readings per processed batch (default 5000; the output does not depend on it)",
     )
+    p.add_argument(
+        "--models",
+        default=None,
+        help="a model store (its promoted set) or one model-set directory from `gridstream train`;"
+        " without it: the online detectors and the baseline alone, as a fresh deployment",
+    )
     p.set_defaults(func=cmd_backtest)
+
+    p = sub.add_parser(
+        "train",
+        help="fit the nowcast ensemble from history; writes a versioned model set and promotes it "
+        "only if it beats the current one",
+    )
+    p.add_argument("--input", required=True, help="CSV or Parquet file of readings (as backtest)")
+    p.add_argument("--output", required=True, help="the model store directory")
+    p.add_argument("--name", default="nowcast-ensemble", help="model set name")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-iter", type=int, default=200, help="boosting iterations per model")
+    p.add_argument("--no-promote", action="store_true", help="save the set but do not promote it")
+    p.set_defaults(func=cmd_train)
     return parser
 
 

@@ -135,6 +135,10 @@ class ProcessingSettings(_Section):
     emit_threshold: float = Field(0.5, ge=0, le=1)
     cooldown_s: int = Field(3600, ge=0)
     warmup: int = Field(12, ge=1)
+    models_dir: Path | None = Field(
+        None, description="model store from `gridstream train`; its promoted set is served"
+    )
+    models_poll_s: float = Field(10.0, gt=0, description="how often the store is checked")
 
     def params(self) -> ProcessorParams:
         return ProcessorParams(

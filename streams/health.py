@@ -104,6 +104,7 @@ class Health:
         self._kafka_fatal = False
         self._clickhouse = "unknown" if clickhouse_enabled else "disabled"
         self._failing: dict[str, str] = {}  # sink -> last error, while it is being retried
+        self._model_error: str | None = None
         self._pending = False
         self._lag: int | None = None
         self._assigned = 0
@@ -143,6 +144,11 @@ class Health:
         with self._lock:
             self._kafka, self._kafka_detail = "failed", detail
             self._kafka_fatal = self._kafka_fatal or fatal
+
+    def models_status(self, error: str | None) -> None:
+        """A model set that failed verification or loading: degraded, the previous one serves."""
+        with self._lock:
+            self._model_error = error
 
     def clickhouse_connected(self) -> None:
         with self._lock:
@@ -197,6 +203,8 @@ class Health:
             if self._kafka != "connected":
                 detail = f": {self._kafka_detail}" if self._kafka_detail else ""
                 critical.append(f"kafka {self._kafka}{detail}")
+            if self._model_error:
+                degraded.append(f"model store: {self._model_error}; the previous set serves")
             for sink, error in sorted(self._failing.items()):
                 degraded.append(f"{sink} output failing, retrying: {error}")
             idle = now - self._progress

@@ -65,6 +65,7 @@ class RunnerMonitor(Protocol):
     def consumer_error(self, err: KafkaError) -> None: ...
     def output(self, sink: str, rows: int, duration_s: float, error: SinkError | None) -> None: ...
     def batch_done(self, report: BatchReport, consumer: Consumer) -> None: ...
+    def models_status(self, error: str | None) -> None: ...
 
 
 class NullMonitor:
@@ -95,6 +96,9 @@ class NullMonitor:
         pass
 
     def batch_done(self, report: BatchReport, consumer: Consumer) -> None:
+        pass
+
+    def models_status(self, error: str | None) -> None:
         pass
 
 
@@ -264,6 +268,9 @@ class Monitor:
         elif rows:
             histogram.observe(duration_s)
             self.health.output_ok(sink)
+
+    def models_status(self, error: str | None) -> None:
+        self.health.models_status(error)
 
     def batch_done(self, report: BatchReport, consumer: Consumer) -> None:
         try:

@@ -20,7 +20,11 @@ import numpy as np
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from models.ensemble import NowcastEnsemble
+from models.exceptions import ModelError
+from models.features import FEATURE_NAMES
 from models.processor import GridProcessor, ProcessResult
+from models.promotion import ModelStoreWatcher
 from schemas.batch import DeadLetterRecord, ReadingBatch, Rejection
 from schemas.decode import METER, SCADA, decode_batch
 from sinks.clickhouse import ClickHouseSink
@@ -116,6 +120,7 @@ class StreamRunner:
         self._consumer: Consumer | None = None
         self._topics: TopicSink | None = None
         self.assigned: set[tuple[str, int]] = set()
+        self._watcher: ModelStoreWatcher | None = None
 
     # -- clients -----------------------------------------------------------------------------
     def consumer_config(self) -> dict[str, object]:
@@ -175,9 +180,14 @@ class StreamRunner:
         k = self.settings.kafka
         last_input = time.monotonic()
         self.monitor.loop_started()
+        self.reload_models()
+        next_model_poll = time.monotonic() + self.settings.processing.models_poll_s
         error: BaseException | None = None
         try:
             while not stop.is_set():
+                if time.monotonic() >= next_model_poll:  # between batches: never mid-batch
+                    self.reload_models()
+                    next_model_poll = time.monotonic() + self.settings.processing.models_poll_s
                 msgs = consumer.consume(k.batch_size, k.batch_timeout_s)
                 self.monitor.polled(consumer, len(msgs))
                 if not msgs:
@@ -196,6 +206,31 @@ class StreamRunner:
             topics.producer.flush(10)
             self.monitor.loop_stopped(error)
         return self.stats
+
+    def reload_models(self) -> bool:
+        """Adopt a newly promoted model set from the store, if one is configured and changed.
+
+        A set that fails verification or does not fit keeps the previous one serving and makes
+        health degraded; returns True when a new set was adopted.
+        """
+        store = self.settings.processing.models_dir
+        if store is None:
+            return False
+        if self._watcher is None:
+            self._watcher = ModelStoreWatcher(store, FEATURE_NAMES)
+        loaded = self._watcher.poll()
+        problem = self._watcher.last_error
+        if loaded is not None:
+            try:
+                self.processor.set_ensemble(NowcastEnsemble(loaded))
+                log.info("serving model set %s from %s", loaded.ref, store)
+            except ModelError as exc:
+                problem = f"{loaded.ref}: {exc}"
+                loaded = None
+        if problem:
+            log.warning("model store %s: %s", store, problem)
+        self.monitor.models_status(problem)
+        return loaded is not None
 
     def _process(self, msgs: list[Message], stop: threading.Event) -> None:
         started = time.perf_counter()
