@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SECONDS ?= 30
 
-.PHONY: demo test lint fmt schemas bench clean
+.PHONY: demo test lint fmt schemas quality clean
 
 $(BIN)/gridstream: pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -30,8 +30,10 @@ lint: $(VENV)/.dev
 schemas: $(BIN)/gridstream
 	$(BIN)/python -m schemas.generate
 
-bench: $(BIN)/gridstream
-	$(BIN)/gridstream bench
+quality: $(BIN)/gridstream
+	$(BIN)/python benchmarks/quality_nab.py
+	$(BIN)/python benchmarks/quality_ett.py
+	$(BIN)/python benchmarks/quality_sim.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
