@@ -217,3 +217,62 @@ def test_offsets_not_committed_until_outputs_written(
         end_offsets(bootstrap, settings.topics.meter, PARTITIONS)
     )
     backend.close()
+
+
+def test_clickhouse_outage_pauses_input_commits_nothing_and_loses_nothing(
+    bootstrap: str, unique: str, chdb_path: Path
+) -> None:
+    """While inserts fail with a retryable error, the runner holds its one batch, consumes no
+    more (memory is bounded by that batch) and commits nothing new; when ClickHouse accepts
+    inserts again everything is written once and committed."""
+    import threading
+
+    settings = _settings(bootstrap, unique, chdb_path)
+    ensure_topics(settings)
+    now_ms = int(time.time() * 1000)
+    first, _, _ = _workload(now_ms)
+    produce(bootstrap, settings.topics.meter, first)
+    backend = ChdbBackend(chdb_path)
+    sink = ClickHouseSink(backend, settings.clickhouse.database)
+    sink.ensure_schema()
+    db = settings.clickhouse.database
+    runner = StreamRunner(settings, clickhouse=sink, max_backoff_s=0.5)
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        _wait(lambda: runner.stats.counters["consumed"] == len(first))
+        before = committed(bootstrap, settings.kafka.group_id, settings.topics.meter, PARTITIONS)
+        # ClickHouse's own retryable refusal (TOO_MANY_PARTS) on the table every batch writes
+        backend.command(f"ALTER TABLE {db}.forecasts MODIFY SETTING parts_to_throw_insert = 1")
+        later = [
+            _meter(f"n{i % 7}", now_ms - (200 - i // 7) * STEP_MS, 1.0 + (i % 5) * 0.1)
+            for i in range(1400)
+        ]
+        produce(bootstrap, settings.topics.meter, later)
+        _wait(lambda: runner.stats.counters["sink_retries"] >= 3)
+        assert runner.stats.counters["consumed"] == len(first)  # the failing batch is held
+        assert (
+            committed(bootstrap, settings.kafka.group_id, settings.topics.meter, PARTITIONS)
+            == before
+        )
+        backend.command(f"ALTER TABLE {db}.forecasts RESET SETTING parts_to_throw_insert")
+        _wait(lambda: runner.stats.counters["consumed"] == len(first) + len(later))
+    finally:
+        stop.set()
+        thread.join(30)
+    c = runner.stats.counters
+    count = lambda sql: int(backend.query(sql).rows[0][0])  # noqa: E731
+    assert count(f"SELECT count() FROM {db}.forecasts FINAL") == c["forecasts"]
+    assert count(f"SELECT count() FROM {db}.forecasts") == c["forecasts"]  # no replay doubled
+    assert committed(bootstrap, settings.kafka.group_id, settings.topics.meter, PARTITIONS) == (
+        end_offsets(bootstrap, settings.topics.meter, PARTITIONS)
+    )
+    backend.close()
+
+
+def _wait(condition, timeout_s: float = 90.0) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.1)
