@@ -53,22 +53,8 @@ class GatedHalfSpaceTrees:
         return np.column_stack(cols)
 
     def learn_schedule(self, keys: Sequence[str], ts_ms: np.ndarray) -> np.ndarray:
-        """True for the one reading in ``hst_learn_every`` that is learned, chosen by a hash of
-        (entity key, ts): the same readings whatever the batch boundaries, arrival order, restarts
-        or partition assignment, and not aligned with the time of day as a modulo of ts would be.
-        """
-        every = self.params.hst_learn_every
-        if every <= 1:
-            return np.ones(len(keys), dtype=bool)
-        crc = {k: zlib.crc32(k.encode()) for k in set(keys)}
-        h = np.fromiter((crc[k] for k in keys), dtype=np.uint64, count=len(keys))
-        x = (h * np.uint64(0x9E3779B97F4A7C15)) ^ np.asarray(ts_ms, dtype=np.int64).view(np.uint64)
-        x ^= x >> np.uint64(30)  # splitmix64 finaliser: every bit of key and ts mixes in
-        x *= np.uint64(0xBF58476D1CE4E5B9)
-        x ^= x >> np.uint64(27)
-        x *= np.uint64(0x94D049BB133111EB)
-        x ^= x >> np.uint64(31)
-        return x % np.uint64(every) == 0
+        """The readings the model learns: one in ``hst_learn_every`` (``hash_sample``)."""
+        return hash_sample(keys, ts_ms, self.params.hst_learn_every)
 
     def score_and_learn(
         self, x: np.ndarray, gate: np.ndarray, warm: np.ndarray, learn: np.ndarray
@@ -92,3 +78,21 @@ class GatedHalfSpaceTrees:
                 self.learned += 1
         self.seen += x.shape[0]
         return out
+
+
+def hash_sample(keys: Sequence[str], ts_ms: np.ndarray, every: int) -> np.ndarray:
+    """True for one reading in ``every``, chosen by a hash of (entity key, ts): the same readings
+    whatever the batch boundaries, arrival order, restarts or partition assignment, and not
+    aligned with the time of day as a modulo of ts would be.
+    """
+    if every <= 1:
+        return np.ones(len(keys), dtype=bool)
+    crc = {k: zlib.crc32(k.encode()) for k in set(keys)}
+    h = np.fromiter((crc[k] for k in keys), dtype=np.uint64, count=len(keys))
+    x = (h * np.uint64(0x9E3779B97F4A7C15)) ^ np.asarray(ts_ms, dtype=np.int64).view(np.uint64)
+    x ^= x >> np.uint64(30)  # splitmix64 finaliser: every bit of key and ts mixes in
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return x % np.uint64(every) == 0

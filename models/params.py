@@ -47,6 +47,8 @@ class ProcessorParams:
         ("warning", 0.7),
         ("info", 0.5),
     )
+    drift_delta: float = 0.002  # ADWIN confidence of the fleet residual-drift detector
+    drift_sample_every: int = 1  # feed it one warm reading in N (a hash sample) on large fleets
     cooldown_s: int = 3600  # one incident per entity per cooldown, unless severity rises
     seed: int = 42
     extra: dict[str, float] = field(default_factory=dict)

@@ -22,13 +22,20 @@ import numpy as np
 import river
 
 from models import detectors as det
+from models.drift import ResidualDrift
 from models.events import build_events
 from models.forecasting import Forecaster, Part, Recorder
 from models.nowcast import MODEL_VERSION, bucket_of, expected_value, steps_ahead
 from models.online import GatedHalfSpaceTrees
 from models.params import ProcessorParams
 from models.state import NO_TS, EntityState
-from schemas.batch import AnomalyRecord, ForecastBatch, ReadingBatch, Rejection
+from schemas.batch import (
+    AnomalyRecord,
+    DriftEventRecord,
+    ForecastBatch,
+    ReadingBatch,
+    Rejection,
+)
 
 if TYPE_CHECKING:
     from models.ensemble import NowcastEnsemble
@@ -48,6 +55,8 @@ class ProcessResult:
     severity: np.ndarray  # int64 rank per input row: -1 none, 0 info, 1 warning, 2 critical
     expected: np.ndarray  # float64 per input row: the one-step expectation it was scored against
     forecast_rows: np.ndarray  # int64: input row of each forecast
+    residual_z: np.ndarray = field(default_factory=lambda: np.empty(0))  # per row, NaN unscored
+    drift_events: list[DriftEventRecord] = field(default_factory=list)
     counters: Counter[str] = field(default_factory=Counter)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per model (model_versions)
 
@@ -66,6 +75,7 @@ class GridProcessor:
         self.params = params or ProcessorParams()
         self.state = state or EntityState(self.params)
         self.online = online or GatedHalfSpaceTrees(self.params)
+        self.drift = ResidualDrift(self.params.drift_delta, self.params.drift_sample_every)
         self.forecaster = Forecaster(self.params, ensemble, recorder)
         self._recorder = recorder
         self.model_versions = {
@@ -96,6 +106,7 @@ class GridProcessor:
             severity=np.full(n, -1, dtype=np.int64),
             expected=np.full(n, np.nan),
             forecast_rows=np.empty(0, dtype=np.int64),
+            residual_z=np.full(n, np.nan),
         )
         if n == 0:
             return res
@@ -127,8 +138,11 @@ class GridProcessor:
             detectors=(t1 - t0) - in_rounds + (t3 - t2),
             online=t2 - t1,
         )
+        res.drift_events = self.drift.update(keys, batch.kind, batch.ts_ms, res.residual_z, now_ms)
         res.counters["readings"] += n
         res.counters["forecasts"] += len(res.forecasts)
+        if res.drift_events:
+            res.counters["drift_events"] += len(res.drift_events)
         return res
 
     def snapshot(self) -> bytes:
@@ -139,6 +153,7 @@ class GridProcessor:
                 "params": self.params,
                 "state": self.state.snapshot(),
                 "online": self.online,
+                "drift": self.drift,
             },
             protocol=pickle.HIGHEST_PROTOCOL,
         )
@@ -153,7 +168,9 @@ class GridProcessor:
         if data.get("format") != SNAPSHOT_FORMAT:
             raise ValueError(f"snapshot format {data.get('format')!r}, expected {SNAPSHOT_FORMAT}")
         params: ProcessorParams = data["params"]
-        return cls(params, EntityState.restore(params, data["state"]), data["online"])
+        proc = cls(params, EntityState.restore(params, data["state"]), data["online"])
+        proc.drift = data.get("drift") or proc.drift
+        return proc
 
     @property
     def entities(self) -> int:
@@ -239,6 +256,7 @@ class GridProcessor:
             },
         )
         res.expected[rows] = expected
+        res.residual_z[rows] = np.where(warm, z, np.nan)
         res.counters["scored"] += int(warm.sum())
         res.counters["warming_up"] += int((~warm).sum())
 

@@ -137,3 +137,16 @@ class DeadLetterRecord:
     error_class: str
     error: str
     dead_lettered_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class DriftEventRecord:
+    """A drift detector fired: the data or the models' fit to it changed (``drift_events``)."""
+
+    entity_id: str  # "*" for a fleet-level event of one entity kind
+    entity_kind: str
+    ts_ms: int
+    detector: str
+    statistic: float
+    detail: dict[str, object]
+    detected_ms: int

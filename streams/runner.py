@@ -260,6 +260,14 @@ class StreamRunner:
         readings = decoded.readings
         t_process = time.perf_counter()
         result = self.processor.process_batch(readings, now_ms)
+        for ev in result.drift_events:
+            log.warning(
+                "drift: %s on %s readings (%s): %s",
+                ev.detector,
+                ev.entity_kind,
+                ev.entity_id,
+                ev.detail,
+            )
         t_deliver = time.perf_counter()
         rejections = decoded.rejections + result.rejections  # both index the consumed batch
         dead = [_dead_letter(good[r.src_index], r, now_ms) for r in rejections]
@@ -337,10 +345,7 @@ class StreamRunner:
                         self._timed(
                             "clickhouse",
                             rows,
-                            lambda: self.clickhouse.write(
-                                result.forecasts, result.anomalies, dead, now_ms,
-                                readings=accepted,
-                            ),
+                            lambda: self._write_clickhouse(result, dead, now_ms, accepted),
                         )
                         written_ch = True
                     rows = sum(len(records) for _, records in outputs)
@@ -372,6 +377,18 @@ class StreamRunner:
             self.monitor.output(sink, rows, time.perf_counter() - started, exc)
             raise
         self.monitor.output(sink, rows, time.perf_counter() - started, None)
+
+    def _write_clickhouse(
+        self,
+        result: ProcessResult,
+        dead: list[DeadLetterRecord],
+        now_ms: int,
+        accepted: ReadingBatch | None,
+    ) -> None:
+        assert self.clickhouse is not None
+        self.clickhouse.write(result.forecasts, result.anomalies, dead, now_ms, readings=accepted)
+        if result.drift_events:
+            self.clickhouse.write_drift_events(result.drift_events)
 
     def _commit(self, msgs: list[Message]) -> None:
         last: dict[tuple[str, int], int] = {}

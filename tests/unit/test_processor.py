@@ -762,3 +762,25 @@ def test_sustained_sag_stays_anomalous_and_is_one_incident() -> None:
     assert len(in_sag) == 1
     assert in_sag[0].explanation[0]["feature"] == "voltage_v"
     assert result.counters["suppressed_cooldown"] >= 15
+
+
+def test_fleet_residual_drift_emits_one_event_and_none_on_clean_data() -> None:
+    entities = (("m1", "meter"), ("m2", "meter"), ("m3", "meter"), ("m4", "meter"))
+    clean = daily_load(entities, days=10)
+    assert GridProcessor(P).process_batch(to_batch(clean), NOW_MS).drift_events == []
+    noisy = daily_load(entities, days=10)
+    cut = len(noisy["ts_ms"]) * 6 // 10
+    noisy["value"][cut:] += np.random.default_rng(1).normal(0, 0.2, len(noisy["ts_ms"]) - cut)
+    result = GridProcessor(P).process_batch(to_batch(noisy), NOW_MS)
+    assert len(result.drift_events) >= 1
+    ev = result.drift_events[0]
+    assert ev.entity_kind == "meter" and ev.entity_id == "*" and ev.detector == "adwin_residual"
+    assert noisy["ts_ms"][cut] <= ev.ts_ms <= noisy["ts_ms"][cut] + 6 * HOUR_MS
+    assert ev.detail["mean_abs_z_after"] > ev.detail["mean_abs_z_before"]
+    assert result.counters["drift_events"] == len(result.drift_events)
+    # the same events whatever the batch boundaries
+    proc = GridProcessor(P)
+    b = to_batch(noisy)
+    pieces = split(b, [len(b) // 3, 2 * len(b) // 3])
+    events = [e for piece in pieces for e in proc.process_batch(piece, NOW_MS).drift_events]
+    assert events == result.drift_events
