@@ -8,7 +8,7 @@ Dead letters keep the original value bytes and key unchanged and carry their con
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import orjson
@@ -27,9 +27,8 @@ SEVERITY_HEADERS: dict[str, Headers] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class OutRecord:
-    """One record for a topic, ready to produce."""
+class OutRecord(NamedTuple):
+    """One record for a topic, ready to produce (a tuple: a frozen dataclass costs ~2 µs each)."""
 
     key: bytes | None
     value: bytes
@@ -61,28 +60,39 @@ def encode_forecasts(batch: ForecastBatch) -> list[OutRecord]:
     p90 = batch.p90.tolist()
     model = batch.model
     units = {k: unit_of(k) for k in set(kind)}
-    dumps = orjson.dumps
-    return [
-        OutRecord(
-            entity[i].encode(),
-            dumps(
-                {
-                    "entity_id": entity[i],
-                    "entity_kind": kind[i],
-                    "issued_at": issued[i],
-                    "horizon_s": horizon[i],
-                    "target_ts": target[i],
-                    "p10": p10[i],
-                    "p50": p50[i],
-                    "p90": p90[i],
-                    "unit": units[kind[i]],
-                    "model": model,
-                }
-            ),
-            FORECAST_HEADERS,
-        )
+    docs = [
+        {
+            "entity_id": entity[i],
+            "entity_kind": kind[i],
+            "issued_at": issued[i],
+            "horizon_s": horizon[i],
+            "target_ts": target[i],
+            "p10": p10[i],
+            "p50": p50[i],
+            "p90": p90[i],
+            "unit": units[kind[i]],
+            "model": model,
+        }
         for i in range(n)
     ]
+    values = _dump_each(docs, b'{"entity_id":')
+    keys = [e.encode() for e in entity]
+    return [OutRecord(keys[i], values[i], FORECAST_HEADERS) for i in range(n)]
+
+
+def _dump_each(docs: list[dict[str, object]], head: bytes) -> list[bytes]:
+    """``[orjson.dumps(d) for d in docs]``, computed as one dump split at record boundaries.
+
+    One call for the whole list is ~10x cheaper than one per record (allocation dominates).
+    Every document starts with the same first key, and a JSON string cannot hold an unescaped
+    quote, so ``,`` + ``head`` occurs only between records; the count is checked regardless.
+    """
+    if not docs:
+        return []
+    parts = orjson.dumps(docs)[1:-1].split(b"," + head)
+    if len(parts) != len(docs):  # cannot happen with well-formed documents; stay correct anyway
+        return [orjson.dumps(d) for d in docs]
+    return [parts[0], *(head + p for p in parts[1:])]
 
 
 def anomaly_json(event: AnomalyRecord) -> dict[str, object]:
