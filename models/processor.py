@@ -25,6 +25,7 @@ from models import detectors as det
 from models.drift import ResidualDrift
 from models.events import build_events
 from models.forecasting import Forecaster, Part, Recorder
+from models.learning import Observed, learn
 from models.nowcast import MODEL_VERSION, bucket_of, expected_value, steps_ahead
 from models.online import GatedHalfSpaceTrees
 from models.params import ProcessorParams
@@ -263,24 +264,28 @@ class GridProcessor:
         # -- learn ---------------------------------------------------------------------------
         if self._recorder is not None:
             self._recorder.add_actuals(s, ts, v)
-        self._learn(
-            s,
-            ts,
-            v,
-            seen,
-            delta,
-            bucket,
-            prof,
-            prof_seen,
-            level,
-            steps,
-            resid,
-            dev_s,
-            run,
-            same_value,
-            chan_vals,
-            cpos,
-            cneg,
+        learn(
+            p,
+            c,
+            Observed(
+                s,
+                ts,
+                v,
+                seen,
+                delta,
+                bucket,
+                prof,
+                prof_seen,
+                level,
+                steps,
+                resid,
+                dev_s,
+                run,
+                same_value,
+                chan_vals,
+                cpos,
+                cneg,
+            ),
         )
         started = perf_counter()
         rnd.forecast = self.forecaster.forecast(c, rows, s, ts, batch.kind[rows] == "meter")
@@ -340,90 +345,6 @@ class GridProcessor:
             res.counters[f"anomalies_{ev.severity}"] += 1
         return list(zip(rows[idx].tolist(), events, strict=True))
 
-    def _learn(
-        self,
-        s,
-        ts,
-        v,
-        seen,
-        delta,
-        bucket,
-        prof,
-        prof_seen,
-        level,
-        steps,
-        resid,  # noqa: ANN001, PLR0913
-        dev_s,
-        run,
-        same_value,
-        chan_vals,
-        cpos,
-        cneg,
-    ) -> None:
-        p, c = self.params, self.state.cols
-        count = c["count"][s]
-        scale = c["scale"][s]
-        warm = count >= p.warmup
-        c["scale"][s] = _robust_scale(scale, np.abs(resid), _warm_rate(count, p.scale_rate), warm)
-        sscale = c["seasonal_scale"][s]
-        s_n = c["seasonal_n"][s]
-        c["seasonal_scale"][s] = np.where(
-            prof_seen,
-            _robust_scale(sscale, np.abs(dev_s), _warm_rate(s_n, p.scale_rate), s_n >= p.warmup),
-            sscale,
-        )
-        c["seasonal_n"][s] = s_n + prof_seen
-        c["cusum_pos"][s], c["cusum_neg"][s] = cpos, cneg
-        learn_v = np.where(
-            prof_seen & np.isfinite(sscale), np.clip(v, prof - 4.0 * sscale, prof + 4.0 * sscale), v
-        )
-        n_b = c["profile_n"][s, bucket].astype(np.float64)
-        rate = np.maximum(1.0 / (n_b + 1.0), p.profile_rate)
-        c["profile"][s, bucket] = np.where(prof_seen, prof + rate * (learn_v - prof), v)
-        c["profile_n"][s, bucket] = np.minimum(n_b + 1, 65535).astype(np.uint16)
-        decayed = c["deviation"][s] * p.deviation_decay**steps
-        c["deviation"][s] = np.where(
-            prof_seen, decayed + p.deviation_rate * ((v - prof) - decayed), 0.0
-        )
-        c["level"][s] = _ewma(level, v, 0.3)
-        interval = c["interval_ms"][s]
-        regular = seen & (delta > 0) & ~(np.isfinite(interval) & (delta > 10.0 * interval))
-        c["interval_ms"][s] = np.where(regular, _ewma(interval, delta, 0.1), interval)
-        c["run"][s] = run
-        # Freeze the repeat rate during a long run of a warm entity (a stuck episode must not teach
-        # it that repeats are normal), but not while warming up: an entity that repeats from its
-        # first reading on is one that repeats, and must not raise a stuck alarm every cooldown.
-        long_run = (run >= 3) & (count >= p.warmup)
-        c["repeat_rate"][s] = np.where(
-            long_run, c["repeat_rate"][s], _ewma(c["repeat_rate"][s], same_value * 1.0, 0.01)
-        )
-        has = np.isfinite(chan_vals)
-        old_mean = c["chan_mean"][s]
-        old_scale = c["chan_scale"][s]
-        # Winsorise like the value scales: a sustained sag moves the mean by at most 4 scales a
-        # reading times the rate, so it stays anomalous for hours instead of being learned.
-        warm_chan = (count >= p.warmup)[:, None] & np.isfinite(old_scale)
-        bound = 4.0 * old_scale + 1e-12
-        learn_chan = np.where(
-            warm_chan, np.clip(chan_vals, old_mean - bound, old_mean + bound), chan_vals
-        )
-        rate = _warm_rate(count, p.channel_rate)[:, None]
-        c["chan_scale"][s] = np.where(
-            has & np.isfinite(old_mean),
-            _robust_scale(
-                old_scale, np.abs(chan_vals - old_mean), rate, warm[:, None], clipped_rate=0.1
-            ),
-            old_scale,
-        )
-        c["chan_mean"][s] = np.where(has, _ewma(old_mean, learn_chan, rate), old_mean)
-        pos = c["head"][s] % p.window
-        c["ring_value"][s, pos] = v
-        c["ring_ts"][s, pos] = ts
-        c["head"][s] += 1
-        c["last_ts"][s] = ts
-        c["last_value"][s] = v
-        c["count"][s] += 1
-
     def _assemble_forecasts(
         self, batch: ReadingBatch, parts: list[Part]
     ) -> tuple[ForecastBatch, np.ndarray]:
@@ -468,38 +389,6 @@ class _Round:
 
 
 _CHANNELS = ("reactive", "voltage", "current", "frequency", "temperature")
-
-
-def _ewma(old: np.ndarray, new: np.ndarray, rate: float | np.ndarray) -> np.ndarray:
-    """EWMA step that starts at the first observation; NaN observations leave it unchanged."""
-    stepped = np.where(np.isfinite(old), old + rate * (new - old), new)
-    return np.where(np.isfinite(new), stepped, old)
-
-
-def _robust_scale(
-    scale: np.ndarray,
-    abs_dev: np.ndarray,
-    rate: np.ndarray | float,
-    warm: np.ndarray,
-    clipped_rate: float = 1.0,
-) -> np.ndarray:
-    """EWMA of absolute deviations, winsorised at 4 scales once warm.
-
-    ``clipped_rate`` scales the rate for clipped deviations. At 1.0 a sustained departure grows
-    the scale by ~15 % a reading, so it is learned as normal within hours: right for power,
-    whose variance really moves with weather and whose level shifts the seasonal CUSUM reports.
-    Voltage and frequency use 0.1: a sag stays anomalous while it lasts, and a scale that started
-    too small still grows, slowly. During warm-up every deviation is learned as it is.
-    """
-    bound = 4.0 * scale + 1e-12
-    clipped = warm & np.isfinite(scale) & (abs_dev > bound)
-    learned = np.where(clipped, bound, abs_dev)
-    return _ewma(scale, learned, np.where(clipped, np.asarray(rate) * clipped_rate, rate))
-
-
-def _warm_rate(n: np.ndarray, rate: float) -> np.ndarray:
-    """Plain mean of the first observations, then the EWMA rate: no cold-start bias."""
-    return np.maximum(1.0 / (n + 1.0), rate)
 
 
 def _rounds(slots: np.ndarray) -> list[np.ndarray]:

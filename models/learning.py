@@ -1,0 +1,138 @@
+"""Learning one round: every per-entity memory updated from the readings just scored.
+
+Runs after scoring (prequential order). Scales are winsorised so an incident does not teach the
+model that incidents are normal; see ``_robust_scale``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.params import ProcessorParams
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """What scoring a round computed, per reading of the round (slots ``s``)."""
+
+    s: np.ndarray
+    ts: np.ndarray
+    v: np.ndarray
+    seen: np.ndarray
+    delta: np.ndarray
+    bucket: np.ndarray
+    prof: np.ndarray
+    prof_seen: np.ndarray
+    level: np.ndarray
+    steps: np.ndarray
+    resid: np.ndarray
+    dev_s: np.ndarray
+    run: np.ndarray
+    same_value: np.ndarray
+    chan_vals: np.ndarray
+    cpos: np.ndarray
+    cneg: np.ndarray
+
+
+def learn(p: ProcessorParams, c: dict[str, np.ndarray], o: Observed) -> None:
+    """Update the state columns ``c`` in place for the round's slots."""
+    s, ts, v, seen, delta = o.s, o.ts, o.v, o.seen, o.delta
+    bucket, prof, prof_seen, level, steps = o.bucket, o.prof, o.prof_seen, o.level, o.steps
+    resid, dev_s, run, same_value = o.resid, o.dev_s, o.run, o.same_value
+    chan_vals, cpos, cneg = o.chan_vals, o.cpos, o.cneg
+    count = c["count"][s]
+    scale = c["scale"][s]
+    warm = count >= p.warmup
+    c["scale"][s] = _robust_scale(scale, np.abs(resid), _warm_rate(count, p.scale_rate), warm)
+    sscale = c["seasonal_scale"][s]
+    s_n = c["seasonal_n"][s]
+    c["seasonal_scale"][s] = np.where(
+        prof_seen,
+        _robust_scale(sscale, np.abs(dev_s), _warm_rate(s_n, p.scale_rate), s_n >= p.warmup),
+        sscale,
+    )
+    c["seasonal_n"][s] = s_n + prof_seen
+    c["cusum_pos"][s], c["cusum_neg"][s] = cpos, cneg
+    learn_v = np.where(
+        prof_seen & np.isfinite(sscale), np.clip(v, prof - 4.0 * sscale, prof + 4.0 * sscale), v
+    )
+    n_b = c["profile_n"][s, bucket].astype(np.float64)
+    rate = np.maximum(1.0 / (n_b + 1.0), p.profile_rate)
+    c["profile"][s, bucket] = np.where(prof_seen, prof + rate * (learn_v - prof), v)
+    c["profile_n"][s, bucket] = np.minimum(n_b + 1, 65535).astype(np.uint16)
+    decayed = c["deviation"][s] * p.deviation_decay**steps
+    c["deviation"][s] = np.where(
+        prof_seen, decayed + p.deviation_rate * ((v - prof) - decayed), 0.0
+    )
+    c["level"][s] = _ewma(level, v, 0.3)
+    interval = c["interval_ms"][s]
+    regular = seen & (delta > 0) & ~(np.isfinite(interval) & (delta > 10.0 * interval))
+    c["interval_ms"][s] = np.where(regular, _ewma(interval, delta, 0.1), interval)
+    c["run"][s] = run
+    # Freeze the repeat rate during a long run of a warm entity (a stuck episode must not teach
+    # it that repeats are normal), but not while warming up: an entity that repeats from its
+    # first reading on is one that repeats, and must not raise a stuck alarm every cooldown.
+    long_run = (run >= 3) & (count >= p.warmup)
+    c["repeat_rate"][s] = np.where(
+        long_run, c["repeat_rate"][s], _ewma(c["repeat_rate"][s], same_value * 1.0, 0.01)
+    )
+    has = np.isfinite(chan_vals)
+    old_mean = c["chan_mean"][s]
+    old_scale = c["chan_scale"][s]
+    # Winsorise like the value scales: a sustained sag moves the mean by at most 4 scales a
+    # reading times the rate, so it stays anomalous for hours instead of being learned.
+    warm_chan = (count >= p.warmup)[:, None] & np.isfinite(old_scale)
+    bound = 4.0 * old_scale + 1e-12
+    learn_chan = np.where(
+        warm_chan, np.clip(chan_vals, old_mean - bound, old_mean + bound), chan_vals
+    )
+    rate = _warm_rate(count, p.channel_rate)[:, None]
+    c["chan_scale"][s] = np.where(
+        has & np.isfinite(old_mean),
+        _robust_scale(
+            old_scale, np.abs(chan_vals - old_mean), rate, warm[:, None], clipped_rate=0.1
+        ),
+        old_scale,
+    )
+    c["chan_mean"][s] = np.where(has, _ewma(old_mean, learn_chan, rate), old_mean)
+    pos = c["head"][s] % p.window
+    c["ring_value"][s, pos] = v
+    c["ring_ts"][s, pos] = ts
+    c["head"][s] += 1
+    c["last_ts"][s] = ts
+    c["last_value"][s] = v
+    c["count"][s] += 1
+
+
+def _ewma(old: np.ndarray, new: np.ndarray, rate: float | np.ndarray) -> np.ndarray:
+    """EWMA step that starts at the first observation; NaN observations leave it unchanged."""
+    stepped = np.where(np.isfinite(old), old + rate * (new - old), new)
+    return np.where(np.isfinite(new), stepped, old)
+
+
+def _robust_scale(
+    scale: np.ndarray,
+    abs_dev: np.ndarray,
+    rate: np.ndarray | float,
+    warm: np.ndarray,
+    clipped_rate: float = 1.0,
+) -> np.ndarray:
+    """EWMA of absolute deviations, winsorised at 4 scales once warm.
+
+    ``clipped_rate`` scales the rate for clipped deviations. At 1.0 a sustained departure grows
+    the scale by ~15 % a reading, so it is learned as normal within hours: right for power,
+    whose variance really moves with weather and whose level shifts the seasonal CUSUM reports.
+    Voltage and frequency use 0.1: a sag stays anomalous while it lasts, and a scale that started
+    too small still grows, slowly. During warm-up every deviation is learned as it is.
+    """
+    bound = 4.0 * scale + 1e-12
+    clipped = warm & np.isfinite(scale) & (abs_dev > bound)
+    learned = np.where(clipped, bound, abs_dev)
+    return _ewma(scale, learned, np.where(clipped, np.asarray(rate) * clipped_rate, rate))
+
+
+def _warm_rate(n: np.ndarray, rate: float) -> np.ndarray:
+    """Plain mean of the first observations, then the EWMA rate: no cold-start bias."""
+    return np.maximum(1.0 / (n + 1.0), rate)
