@@ -7,6 +7,7 @@ updated by the processor after scoring (score before learning).
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import ndtr
 
 from models.params import ProcessorParams
 
@@ -63,6 +64,38 @@ def fuse(scores: dict[str, np.ndarray], params: ProcessorParams) -> np.ndarray:
     if keep is None:
         raise ValueError("no detector scores to fuse")
     return np.clip(1.0 - keep, 0.0, 1.0)
+
+
+def calibrate(
+    raw: np.ndarray,
+    cols: dict[str, np.ndarray],
+    s: np.ndarray,
+    warm: np.ndarray,
+    params: ProcessorParams,
+) -> np.ndarray:
+    """Discount a fused score by how ordinary it is for this entity, then learn it.
+
+    ``raw * P(a score below raw)`` under a normal fit of the entity's own recent fused scores:
+    on a quiet entity any high score is rare and keeps its value (and severity); on one whose
+    readings routinely score high (spiky by nature) the same score is discounted, so one
+    threshold means the same across entities. Until ``calibration_min`` warm readings, the raw
+    score stands. Updates the entity's running mean and variance (prequential: after use).
+    """
+    mean, var, n = cols["score_mean"][s], cols["score_var"][s], cols["score_n"][s]
+    sd = np.sqrt(np.maximum(np.nan_to_num(var), params.calibration_floor**2))
+    ready = n >= params.calibration_min
+    with np.errstate(invalid="ignore"):
+        cal = raw * ndtr((raw - np.nan_to_num(mean)) / sd)
+    out = np.where(ready, cal, raw)
+    rate = np.maximum(1.0 / (n + 1.0), params.calibration_rate)
+    first = ~np.isfinite(mean)
+    d = raw - np.where(first, raw, mean)
+    new_mean = np.where(first, raw, mean + rate * d)
+    new_var = np.where(first, 0.0, (1.0 - rate) * (np.nan_to_num(var) + rate * d * d))
+    cols["score_mean"][s] = np.where(warm, new_mean, mean)
+    cols["score_var"][s] = np.where(warm, new_var, var)
+    cols["score_n"][s] = n + warm
+    return out
 
 
 def severity_rank(score: np.ndarray, params: ProcessorParams) -> np.ndarray:

@@ -41,6 +41,9 @@ class ProcessorParams:
         ("channel", 1.0),
         ("hst", 0.2),
     )
+    calibration_min: int = 200  # warm readings before an entity's scores are calibrated
+    calibration_rate: float = 0.002  # EWMA weight of the running score mean and variance
+    calibration_floor: float = 0.05  # smallest standard deviation of the score distribution
     emit_threshold: float = 0.5  # fused score from which an anomaly event is published
     severity_thresholds: tuple[tuple[str, float], ...] = (
         ("critical", 0.9),

@@ -315,7 +315,8 @@ class GridProcessor:
         """Fused score and severity of a round, and its events (with their input rows)."""
         p, c = self.params, self.state.cols
         rows, s, ts, warm, scores = rnd.rows, rnd.s, rnd.ts, rnd.warm, rnd.scores
-        fused = np.where(warm, det.fuse(scores, p), 0.0)
+        raw = np.where(warm, det.fuse(scores, p), 0.0)
+        fused = np.where(warm, det.calibrate(raw, c, s, warm, p), 0.0)
         rank = np.where(warm, det.severity_rank(fused, p), -1)
         res.score[rows] = np.where(warm, fused, np.nan)
         res.severity[rows] = rank

@@ -31,6 +31,9 @@ _SCALARS: dict[str, tuple[type, float]] = {
     "run": (np.int64, 0),  # identical consecutive values so far
     "repeat_rate": (np.float64, 0.0),  # EWMA of "value equals previous value"
     "head": (np.int64, 0),  # next write position in the ring
+    "score_mean": (np.float64, np.nan),  # running mean of the fused score (calibration)
+    "score_var": (np.float64, np.nan),
+    "score_n": (np.int64, 0),
     "last_event_ts": (np.int64, NO_TS),
     "last_event_rank": (np.int64, -1),  # severity rank of the last event published
 }

@@ -163,3 +163,39 @@ def test_stuck_score_grows_with_the_run_and_is_gated_by_the_repeat_rate() -> Non
     assert np.all(np.diff(varies) >= 0.0) and varies[0] < 0.05 and varies[-1] > 0.95
     repeats = det.stuck_score(run, np.full(run.size, P.stuck_max_repeat_rate * 2), P)
     np.testing.assert_array_equal(repeats, 0.0)
+
+
+def _calibration_state(n: int) -> dict[str, np.ndarray]:
+    return {
+        "score_mean": np.full(n, np.nan),
+        "score_var": np.full(n, np.nan),
+        "score_n": np.zeros(n, dtype=np.int64),
+    }
+
+
+def test_calibration_discounts_scores_that_are_routine_for_the_entity() -> None:
+    """Entity 0 scores high all the time, entity 1 almost never: after the calibration warm-up
+    the same raw 0.95 is discounted on the first and kept on the second."""
+    p = ProcessorParams()
+    cols = _calibration_state(2)
+    s = np.array([0, 1])
+    warm = np.array([True, True])
+    rng = np.random.default_rng(0)
+    for _ in range(p.calibration_min + 50):
+        raw = np.array([rng.uniform(0.7, 1.0), rng.uniform(0.0, 0.02)])
+        det.calibrate(raw, cols, s, warm, p)
+    out = det.calibrate(np.array([0.9, 0.9]), cols, s, warm, p)
+    assert out[0] < 0.75  # critical on its own, ordinary for this entity
+    assert out[1] > 0.89  # rare for this one: it keeps its severity
+    assert np.all((out >= 0) & (out <= 0.9))  # never raises a score
+
+
+def test_calibration_leaves_scores_alone_until_warm_and_ignores_cold_rows() -> None:
+    p = ProcessorParams()
+    cols = _calibration_state(1)
+    raw = np.array([0.9])
+    assert det.calibrate(raw, cols, np.array([0]), np.array([True]), p)[0] == 0.9
+    before = {k: v.copy() for k, v in cols.items()}
+    det.calibrate(raw, cols, np.array([0]), np.array([False]), p)
+    for k in cols:
+        np.testing.assert_array_equal(cols[k], before[k])
