@@ -29,18 +29,15 @@ from sinks.exceptions import SinkError
 from streams.broker import EmbeddedBroker
 from streams.cli import _secrets
 from streams.config import (
-    ClickHouseSettings,
     KafkaSettings,
-    ProcessingSettings,
     Settings,
-    TopicSettings,
     load_settings,
 )
 from streams.http import HttpServer, start_http_server
 from streams.monitor import Monitor
 from streams.runner import StreamRunner, ensure_topics
 from streams.wiring import clickhouse_backend
-from tests.integration.helpers import produce
+from tests.integration.helpers import make_settings, produce
 
 pytestmark = pytest.mark.integration
 
@@ -74,24 +71,8 @@ class LockedBackend:
 
 
 def _settings(bootstrap: str, unique: str, chdb_path: Path) -> Settings:
-    return load_settings(
-        kafka=KafkaSettings(
-            bootstrap_servers=bootstrap,
-            group_id=f"ops-{unique}",
-            partitions=PARTITIONS,
-            batch_size=500,
-            batch_timeout_s=0.2,
-            session_timeout_ms=6000,
-        ),
-        topics=TopicSettings(
-            meter=f"meter-{unique}",
-            scada=f"scada-{unique}",
-            forecasts=f"fc-{unique}",
-            anomalies=f"an-{unique}",
-            dead_letters=f"dl-{unique}",
-        ),
-        clickhouse=ClickHouseSettings(backend="chdb", path=chdb_path, database=f"ops_{unique}"),
-        processing=ProcessingSettings(cooldown_s=0),
+    return make_settings(
+        bootstrap, unique, chdb_path, group="ops", partitions=PARTITIONS, cooldown_s=0
     )
 
 

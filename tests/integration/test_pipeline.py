@@ -14,15 +14,17 @@ from sinks.clickhouse import ClickHouseSink
 from sinks.clickhouse_backend import ChdbBackend
 from sinks.exceptions import SinkError
 from streams.config import (
-    ClickHouseSettings,
-    KafkaSettings,
-    ProcessingSettings,
     Settings,
-    TopicSettings,
-    load_settings,
 )
 from streams.runner import StreamRunner, ensure_topics
-from tests.integration.helpers import committed, end_offsets, headers, produce, read_all
+from tests.integration.helpers import (
+    committed,
+    end_offsets,
+    headers,
+    make_settings,
+    produce,
+    read_all,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -31,25 +33,7 @@ PARTITIONS = 2
 
 
 def _settings(bootstrap: str, unique: str, chdb_path: Path) -> Settings:
-    return load_settings(
-        kafka=KafkaSettings(
-            bootstrap_servers=bootstrap,
-            group_id=f"g-{unique}",
-            partitions=PARTITIONS,
-            batch_size=500,
-            batch_timeout_s=0.2,
-            session_timeout_ms=6000,
-        ),
-        topics=TopicSettings(
-            meter=f"meter-{unique}",
-            scada=f"scada-{unique}",
-            forecasts=f"fc-{unique}",
-            anomalies=f"an-{unique}",
-            dead_letters=f"dl-{unique}",
-        ),
-        clickhouse=ClickHouseSettings(backend="chdb", path=chdb_path, database=f"t_{unique}"),
-        processing=ProcessingSettings(cooldown_s=0),
-    )
+    return make_settings(bootstrap, unique, chdb_path, partitions=PARTITIONS, cooldown_s=0)
 
 
 def _meter(meter: str, ts: int | str, kw: object, **extra: object) -> tuple[bytes, bytes]:
