@@ -28,8 +28,10 @@ FLEET = "*"  # entity_id of a fleet-level event
 class ResidualDrift:
     """One ADWIN per entity kind over sampled |z|; ``update`` returns the drift events."""
 
-    def __init__(self, delta: float = 0.002, sample_every: int = 1) -> None:
+    def __init__(self, delta: float = 0.002, sample_every: int = 1, min_change: float = 0.25
+                 ) -> None:
         self.delta = delta
+        self.min_change = min_change
         self.sample_every = sample_every
         self.detectors: dict[str, drift.ADWIN] = {}
         self.fed: dict[str, int] = {}
@@ -48,7 +50,9 @@ class ResidualDrift:
             before = det.estimation
             det.update(abs(float(z[j])))
             self.fed[kind] = self.fed.get(kind, 0) + 1
-            if det.drift_detected:
+            # ADWIN on tens of thousands of samples finds changes too small to matter (the daily
+            # rhythm of |z|); only a shift of at least ``min_change`` of the old mean is drift.
+            if det.drift_detected and abs(det.estimation - before) >= self.min_change * before:
                 events.append(
                     DriftEventRecord(
                         entity_id=FLEET,

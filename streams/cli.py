@@ -228,6 +228,14 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from benchmarks.harness import main as bench_main
+
+    return bench_main(
+        (["--quick"] if args.quick else []) + (["--json", args.json] if args.json else [])
+    )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -348,6 +356,14 @@ def build_parser() -> argparse.ArgumentParser:
         " without it: the online detectors and the baseline alone, as a fresh deployment",
     )
     p.set_defaults(func=cmd_backtest)
+
+    p = sub.add_parser(
+        "bench",
+        help="throughput against the consume+decode ceiling, the core alone, memory (benchmarks/)",
+    )
+    p.add_argument("--quick", action="store_true", help="about a minute")
+    p.add_argument("--json", default=None, help="results file (default benchmarks/results/)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser(
         "train",
