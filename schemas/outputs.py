@@ -55,7 +55,8 @@ class FeatureExplanation(BaseModel):
 
 
 class AnomalyEvent(BaseModel):
-    """A reading scored as anomalous. One incident yields one event per reading above threshold."""
+    """A reading scored as anomalous. One incident (readings above threshold with gaps shorter
+    than the cooldown) yields one event, and another only if its severity rises."""
 
     model_config = ConfigDict(frozen=True, title="AnomalyEvent")
 

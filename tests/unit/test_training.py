@@ -161,7 +161,8 @@ def test_runner_hot_reloads_a_promoted_set_and_keeps_it_when_the_next_is_broken(
     shutil.copy(store / "current.json", live / "current.json")
     assert runner.reload_models() is True
     assert processor.model == pointer.ref  # type: ignore[union-attr]
-    assert monitor.health.evaluate().to_dict()["models_loaded"] >= 1
+    assert processor.model_versions["nowcast"] == pointer.ref  # what events and /models report
+    assert not any("model store" in r for r in monitor.health.evaluate().reasons)
 
     # a newer promoted set whose file was damaged after promotion: the old one keeps serving
     bad = live / "nowcast-ensemble-99"
