@@ -55,17 +55,17 @@ def _stop_on_signals() -> threading.Event:
 
 # -- commands ----------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
-    from models.processor import GridProcessor
     from streams.http import start_http_server
     from streams.monitor import Monitor
     from streams.runner import StreamRunner
+    from streams.tasks import TaskSet
     from streams.wiring import clickhouse_sink
 
     port = getattr(args, "http_port", None)
     settings = load_settings(args.config, **({} if port is None else {"http_port": port}))
     _setup_logging(settings.log_level, settings.log_format, _secrets(settings))
     stop = _stop_on_signals()
-    processor = GridProcessor(settings.processing.params())
+    processor = TaskSet(settings.processing.params())  # one core per assigned partition
     monitor = Monitor(processor, clickhouse_enabled=settings.clickhouse.backend != "none")
     server = None
     if settings.http_port:  # up before the slow start-up steps: /health says "starting"
