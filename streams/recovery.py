@@ -171,5 +171,6 @@ class PartitionStates:
             log.error("%s/%d: checkpoint failed: %s", *tid, exc)
             return
         task.checkpointed = task.position
+        log.debug("%s/%d: checkpoint at offset %d (%d bytes)", *tid, task.position, nbytes)
         self.counters["checkpoints"] += 1
         self.counters["checkpoint_bytes"] += nbytes

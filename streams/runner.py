@@ -65,6 +65,7 @@ class BatchReport:
     dead_letter_reasons: Counter[str] = field(default_factory=Counter)
     stage_s: dict[str, float] = field(default_factory=dict)  # decode/process/deliver/commit
     published_ms: int = 0  # when every output of the batch was acknowledged
+    state_events: dict[str, int] = field(default_factory=dict)  # running totals (recovery)
 
 
 @dataclass(slots=True)
@@ -352,6 +353,8 @@ class StreamRunner:
         for r in rejections:
             c[f"dead_letter_{r.error_class}"] += 1
         self.stats.batches += 1
+        if result.counters.get("dropped_duplicate"):
+            log.info("dropped %d exact duplicates", result.counters["dropped_duplicate"])
         t = self.settings.topics
         report = BatchReport(
             consumed=len(good),
@@ -377,6 +380,7 @@ class StreamRunner:
                 "commit": t_end - t_commit,
             },
             published_ms=published_ms,
+            state_events={**self.states.counters, "replayed": c["replayed"]},
         )
         self.monitor.batch_done(report, self._consumer)
         if self.on_batch is not None:
