@@ -18,6 +18,7 @@ from models.training import record_history, train_model_set
 from streams.config import ProcessingSettings, load_settings
 from streams.monitor import Monitor
 from streams.runner import StreamRunner
+from streams.tasks import TaskSet
 from tests.unit.builders import NOW_MS, daily_load, split, to_batch
 
 
@@ -150,7 +151,7 @@ def test_runner_hot_reloads_a_promoted_set_and_keeps_it_when_the_next_is_broken(
     settings = load_settings(
         processing=ProcessingSettings(horizons_s=P.horizons_s, models_dir=live)
     )
-    processor = GridProcessor(settings.processing.params())
+    processor = TaskSet(settings.processing.params())  # what `gridstream run` serves with
     monitor = Monitor(processor)
     runner = StreamRunner(settings, processor, monitor=monitor)
     assert runner.reload_models() is False  # an empty store: the baseline serves
@@ -162,6 +163,8 @@ def test_runner_hot_reloads_a_promoted_set_and_keeps_it_when_the_next_is_broken(
     assert runner.reload_models() is True
     assert processor.model == pointer.ref  # type: ignore[union-attr]
     assert processor.model_versions["nowcast"] == pointer.ref  # what events and /models report
+    task = processor.task(("meter", 0))  # a partition assigned after the reload serves it too
+    assert task.processor.model == pointer.ref  # type: ignore[union-attr]
     assert not any("model store" in r for r in monitor.health.evaluate().reasons)
 
     # a newer promoted set whose file was damaged after promotion: the old one keeps serving
