@@ -10,7 +10,7 @@ Then the resident memory of the core with 100k active entities (a subprocess, so
 count). Compare ratios, not absolute numbers: the machines are small and shared.
 
 Not measured yet (reported as null with a reason): latency at fixed offered rates, scaling over
-processes, and the faust-streaming reference.
+processes. The faust-streaming and Quix Streams peers and the faust engine: faust_reference.py.
 """
 
 from __future__ import annotations
@@ -249,6 +249,10 @@ def run(quick: bool = False, json_path: Path | None = None) -> dict[str, object]
         pipe = pipeline(broker.bootstrap, topics, n, Path(tmp) / "chdb")
         report["pipeline_rps"] = round(pipe["rps"])
         report["pipeline_batches"] = int(pipe["batches"])
+        from benchmarks.faust_reference import peer_figures  # issue 6: faust/Quix peers
+
+        report.update(peer_figures(broker.bootstrap, topics.model_dump(exclude={"labels"}), n,
+                                   Path(tmp), PARTITIONS, quick, report["pipeline_rps"]))
     report["pipeline_to_ceiling"] = round(report["pipeline_rps"] / report["ceiling_rps"], 4)  # type: ignore[operator]
     c = core(values)
     report["core_rps"] = round(c["rps"])
@@ -262,8 +266,6 @@ def run(quick: bool = False, json_path: Path | None = None) -> dict[str, object]
     report["rss_mb_after_imports"] = round(mem["imports_mb"], 1)
     report["p99_latency_ms"] = None
     report["latency_error"] = "not measured yet: fixed-rate latency runs are still to be built"
-    report["faust_rps"] = None
-    report["faust_error"] = "not measured yet: the faust-streaming reference is still to be built"
     report["bench_process_peak_rss_mb"] = round(
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1
     )

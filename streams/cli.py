@@ -77,9 +77,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         if sink is not None:
             sink.ensure_schema()
             monitor.health.clickhouse_connected()
-        runner = StreamRunner(settings, processor, sink, monitor=monitor)
+        if getattr(args, "engine", "native") == "faust":  # same core in a faust worker
+            from streams.faust_engine import FaustEngine
+
+            runner = FaustEngine(settings, processor, sink, monitor=monitor)
+        else:
+            runner = StreamRunner(settings, processor, sink, monitor=monitor)
         log.info(
-            "gridstream run: kafka %s (%s) group %s, inputs %s + %s, clickhouse %s, http %s",
+            "gridstream run (%s engine): kafka %s (%s) group %s, inputs %s + %s, clickhouse %s, "
+            "http %s",
+            getattr(args, "engine", "native"),
             settings.kafka.bootstrap_servers,
             settings.kafka.security_protocol,
             settings.kafka.group_id,
@@ -290,6 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="port of /health, /metrics, /models (default $GRIDSTREAM_HTTP_PORT or 8000; 0 = off)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=["native", "faust"],
+        default="native",
+        help="native: confluent-kafka loop (default); faust: the same core in a faust-streaming "
+        "worker (needs the 'faust' extra; see README, Delivery guarantees)",
     )
     p.set_defaults(func=cmd_run)
 

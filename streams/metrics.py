@@ -39,6 +39,7 @@ STATE_EVENTS = (
     "resumed_from_checkpoint",
     "resumed_from_memory",
     "resumed_from_cold",
+    "resumed_from_replay",
     "cold_starts",
     "dropped_in_flight",
     "replayed",
@@ -195,7 +196,8 @@ class GridMetrics:
             self.rebalances.labels(event)
         self.state_events = Counter(
             "state_events",
-            "Partition state: checkpoints written, resumes by source (checkpoint, memory, cold), "
+            "Partition state: checkpoints written, resumes by source (checkpoint, memory, replay "
+            "of the whole partition, cold), "
             "checkpoint errors, and input records replayed to rebuild state.",
             ["event"],
             namespace=ns,

@@ -5,7 +5,9 @@ the worker's own in-memory task (it held the partition before the rebalance) or 
 checkpoint (written by whichever worker held it). If that state stops short of the committed
 offset, the readings in between are replayed through the core without publishing: they were
 published before the crash or move, and processing them again rebuilds the exact state. With
-neither, the partition starts cold at the committed offset, as a fresh deployment does.
+neither (no checkpoint yet, or a damaged one), the whole retained partition is replayed up to the
+committed offset. Only without a state directory at all does a partition start cold at the
+committed offset, its entities warming up again as in a fresh deployment.
 
 State is saved at committed positions only: at most one partition per batch once its interval
 has passed (so no batch pays for all of them), every partition on revocation and on shutdown.
@@ -22,6 +24,8 @@ from streams.checkpoints import CheckpointError, CheckpointStore
 from streams.tasks import Task, TaskId, TaskSet
 
 log = logging.getLogger("gridstream.recovery")
+
+BEGINNING = -2  # confluent_kafka.OFFSET_BEGINNING: the oldest offset the broker still holds
 
 
 class PartitionStates:
@@ -57,7 +61,7 @@ class PartitionStates:
             self._due[tid] = self._monotonic() + self.interval_s
             if 0 <= task.position < offset:
                 self.replay_until[tid] = offset
-                seeks[tid] = task.position
+                seeks[tid] = task.position if task.position > 0 else BEGINNING
             else:
                 self.replay_until.pop(tid, None)
         self._parked.clear()  # parked tasks not assigned back belong to another worker now
@@ -85,9 +89,16 @@ class PartitionStates:
                 task = Task(checkpoint.processor, checkpoint.position, checkpoint.position)
                 best = (checkpoint.position, task, "checkpoint")
         position, chosen, source = best
+        if chosen is None and self.store is not None:
+            source = "replay"  # no usable state: rebuild it from the partition's retained log
         self.counters[f"resumed_from_{source}"] += 1
         if chosen is None:
-            return self.tasks.adopt(tid, self.tasks.new_processor(), committed)
+            start = 0 if source == "replay" else committed
+            if source == "replay" and committed > 0:
+                log.info(
+                    "%s/%d: no checkpoint; replaying the partition to offset %d", *tid, committed
+                )
+            return self.tasks.adopt(tid, self.tasks.new_processor(), start)
         task = self.tasks.adopt(tid, chosen.processor, position)
         task.checkpointed = chosen.checkpointed
         log.info(

@@ -13,7 +13,7 @@ from models.processor import GridProcessor
 from schemas.batch import ReadingBatch
 from streams.checkpoints import CheckpointError, CheckpointStore
 from streams.failpoints import FailpointError, Failpoints, parse
-from streams.recovery import PartitionStates
+from streams.recovery import BEGINNING, PartitionStates
 from streams.tasks import TaskSet
 from tests.unit.builders import NOW_MS, daily_load, to_batch
 
@@ -127,14 +127,15 @@ def test_assignment_prefers_the_newest_state_not_ahead_of_the_commit(tmp_path: P
     store.save(A, 40, GridProcessor())
     store.save(B, 90, GridProcessor())
     seeks = states.assign({A: 100, B: 60})
-    # A: checkpoint at 40 <= 100, replay 40..100; B: checkpoint at 90 is ahead of 60: cold at 60
-    assert seeks == {A: 40}
-    assert states.replay_until == {A: 100}
-    assert tasks.tasks[A].position == 40 and tasks.tasks[B].position == 60
+    # A: checkpoint at 40 <= 100, replay 40..100; B: checkpoint at 90 is ahead of 60 (offsets
+    # reset?): not usable, so the partition is replayed from its start to 60
+    assert seeks == {A: 40, B: BEGINNING}
+    assert states.replay_until == {A: 100, B: 60}
+    assert tasks.tasks[A].position == 40 and tasks.tasks[B].position == 0
     assert states.counters["resumed_from_checkpoint"] == 1
-    assert states.counters["resumed_from_cold"] == 1
+    assert states.counters["resumed_from_replay"] == 1
 
-    states.advance({A: 70})
+    states.advance({A: 70, B: 60})
     assert states.replay_until == {A: 100}
     states.advance({A: 100, B: 75})
     assert states.replay_until == {}
@@ -152,7 +153,7 @@ def test_no_committed_offset_starts_cold_and_other_parameters_are_not_restored(
     store = CheckpointStore(tmp_path, "g")
     store.save(A, 10, GridProcessor(ProcessorParams(warmup=3)))
     states = PartitionStates(TaskSet(), store)
-    assert states.assign({A: 50}) == {}  # made with other parameters: unused
+    assert states.assign({A: 50}) == {A: BEGINNING}  # other parameters: unused, replayed
     assert states.counters["checkpoint_errors"] == 1
     states = PartitionStates(TaskSet(ProcessorParams(warmup=3)), store)
     assert states.assign({A: -1}) == {}
@@ -162,7 +163,7 @@ def test_no_committed_offset_starts_cold_and_other_parameters_are_not_restored(
 def test_in_flight_task_revoked_mid_batch_is_dropped_not_checkpointed(tmp_path: Path) -> None:
     store = CheckpointStore(tmp_path, "g")
     states = PartitionStates(TaskSet(), store)
-    states.assign({A: 0})
+    assert states.assign({A: 0}) == {}  # nothing committed yet: nothing to replay
     states.advance({A: 10})
     states.in_flight.add(A)  # a batch processed, its outputs still being retried
     states.revoke([A])
@@ -194,3 +195,10 @@ def test_failpoints_parse_and_refuse_unknown_points() -> None:
     with pytest.raises(FailpointError, match="probability"):
         parse("after_commit=2")
     Failpoints({"after_commit": 0.0}).hit("after_commit")  # armed at 0: never fires
+
+
+def test_without_a_state_dir_a_partition_starts_cold_at_its_commit() -> None:
+    states = PartitionStates(TaskSet(), None)
+    assert states.assign({A: 500}) == {}
+    assert states.tasks.tasks[A].position == 500
+    assert states.counters["resumed_from_cold"] == 1
