@@ -54,4 +54,5 @@ class Failpoints:
     def hit(self, name: str) -> None:
         p = self.armed.get(name)
         if p is not None and self._rng.random() < p:
+            os.write(2, f"gridstream: failpoint {name}: SIGKILL\n".encode())  # for the test log
             os.kill(os.getpid(), signal.SIGKILL)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -156,13 +157,15 @@ def test_kill_9_at_random_points_loses_nothing_and_clickhouse_counts_once(
                 time.sleep(rng.uniform(0.0, 1.0))
                 break
             time.sleep(0.2)
-        if proc.poll() is None:
+        killed_by_test = proc.poll() is None
+        if killed_by_test:
             proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         log.close()
         err = (tmp_path / f"life-{life}.log").read_bytes()
         assert proc.returncode == -signal.SIGKILL, err.decode()[-3000:]
-        crashes["failpoint" if by_failpoint and time.monotonic() < deadline else "kill"] += 1
+        fired = re.search(rb"failpoint (\w+): SIGKILL", err)
+        crashes[fired.group(1).decode() if fired and not killed_by_test else "kill -9"] += 1
 
     # the last life: no faults, runs to the end, SIGTERM stops it cleanly
     proc = subprocess.Popen(GRIDSTREAM, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -176,6 +179,7 @@ def test_kill_9_at_random_points_loses_nothing_and_clickhouse_counts_once(
     assert proc.returncode == 0, err.decode()[-3000:]
     assert progress() == ends, "the workload was not committed to the end"
     assert sum(crashes.values()) >= 6, crashes
+    assert len(set(crashes) - {"kill -9"}) >= 2, f"too few failpoints fired: {crashes}"
 
     try:
         _verify(env, bootstrap, chdb_path, records, coords, now_ms, crashes, exactly_once)
