@@ -60,10 +60,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     from streams.monitor import Monitor
     from streams.runner import StreamRunner
     from streams.wiring import clickhouse_sink
+    from streams.workers import check_workers, gc_policy, run_workers, tag_logs
 
     port = getattr(args, "http_port", None)
     settings = load_settings(args.config, **({} if port is None else {"http_port": port}))
+    workers = getattr(args, "workers", 1)
+    check_workers(settings, workers)
     _setup_logging(settings.log_level, settings.log_format, _secrets(settings))
+    index = getattr(args, "worker_index", None)
+    if workers > 1 and index is None:  # the supervising parent
+        return run_workers(settings, workers, args.config)
+    if index is not None:
+        tag_logs(index)
     stop = _stop_on_signals()
     processor = GridProcessor(settings.processing.params())
     monitor = Monitor(processor, clickhouse_enabled=settings.clickhouse.backend != "none")
@@ -88,7 +96,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             settings.clickhouse.backend,
             settings.http_port or "off",
         )
-        stats = runner.run(stop)
+        with gc_policy():  # after start-up: what it allocated is frozen out of the GC's sight
+            stats = runner.run(stop)
         log.info("stopped after %d batches: %s", stats.batches, dict(stats.counters))
     finally:
         if server is not None:
@@ -291,6 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="port of /health, /metrics, /models (default $GRIDSTREAM_HTTP_PORT or 8000; 0 = off)",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes in one consumer group (default 1); worker i serves HTTP on port + i; "
+        "not with embedded chDB",
+    )
+    p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="broker + embedded ClickHouse + simulator + processor")
