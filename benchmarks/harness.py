@@ -11,7 +11,8 @@ On a fresh embedded broker, with the same simulated readings:
    a separate ``gridstream run`` process, with chDB and with ClickHouse off;
 5. memory (``benchmarks.memory``): RSS with 1k/10k/100k warm entities and over a long run;
 6. scaling (``benchmarks.scaling``): 1 and 2 processes in one consumer group.
-The faust-streaming reference (``faust_rps``) is built elsewhere and stays null here. Compare
+7. peers (``benchmarks.faust_reference``): the faust-streaming and Quix Streams references and
+   ``--engine faust``, on the same readings. Compare
 ratios within one run, not absolute numbers across runs: the machines are small and shared.
 """
 
@@ -290,6 +291,10 @@ def run(quick: bool = False, json_path: Path | None = None) -> dict[str, object]
         report["latency"] = lat
         report["p99_latency_ms"] = lat["chdb"]["10000_per_s"]["p99_ms"]  # type: ignore[index]
         report["scaling"] = scaling.measure(broker.bootstrap, tmp, values[: n // 2])
+        from benchmarks.faust_reference import peer_figures  # faust/Quix peers, same readings
+
+        report.update(peer_figures(broker.bootstrap, topics.model_dump(exclude={"labels"}), n,
+                                   Path(tmp), PARTITIONS, quick, report["pipeline_rps"]))
     by_entities = memory.rss_by_entities()
     report["memory"] = {
         "by_entities": by_entities,
@@ -297,8 +302,6 @@ def run(quick: bool = False, json_path: Path | None = None) -> dict[str, object]
     }
     for k in ("1000", "10000", "100000"):
         report[f"rss_mb_{int(k) // 1000}k_entities"] = by_entities[k]["rss_mb"]  # type: ignore[index]
-    report["faust_rps"] = None
-    report["faust_error"] = "not measured here: the faust-streaming reference is built elsewhere"
     report["bench_process_peak_rss_mb"] = round(
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1
     )

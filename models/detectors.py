@@ -11,7 +11,15 @@ from scipy.special import ndtr
 
 from models.params import ProcessorParams
 
-DETECTORS: tuple[str, ...] = ("residual", "seasonal", "stuck", "channel", "hst")
+DETECTORS: tuple[str, ...] = (
+    "residual",
+    "seasonal",
+    "stuck",
+    "channel",
+    "hst",
+    "likelihood",
+    "level",
+)
 # Channels whose departures from their own recent mean are scored. Current, reactive power and
 # temperature follow the load, so the residual detector already sees their anomalies.
 SCORED_CHANNELS: tuple[int, ...] = (1, 3)  # voltage, frequency (indices into CHANNEL_NAMES)

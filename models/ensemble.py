@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from models.artifacts import LoadedModelSet
+from models.batch_anomaly import BatchAnomalyModel
 from models.exceptions import ArtifactError
 from models.features import FEATURE_NAMES
 
@@ -64,6 +65,8 @@ class NowcastEnsemble:
                     f"{loaded.ref}: gate for horizon {h} must be {N_REGIMES} weights in [0, 1]"
                 )
             self.gate[h] = weights
+        # the set's batch anomaly model (models.batch_anomaly), if it was trained with one
+        self.anomaly = BatchAnomalyModel.from_loaded(loaded)
 
     def covers(self, horizon_s: int) -> bool:
         return horizon_s in self.models
@@ -93,6 +96,7 @@ class NowcastEnsemble:
     def describe(self) -> dict[str, object]:
         return {
             **self.loaded.describe(),
+            "anomaly_model": None if self.anomaly is None else self.anomaly.describe(),
             "gate": {str(h): self.gate[h].round(3).tolist() for h in self.horizons},
         }
 

@@ -101,6 +101,19 @@ def _explain(
                 "deviation": float(feats["zc"][j, k]),
             }
         )
+    model_score = feats.get("iforest")
+    if model_score is not None and model_score[j] >= 0.5:
+        s = float(min(model_score[j], 1.0 - 1e-12))
+        candidates.append(
+            {
+                # the batch anomaly model: deviation in calibration widths beyond the training
+                # quantile (models.batch_anomaly), so it ranks with the z-like deviations
+                "feature": "iforest_anomaly_score",
+                "value": s,
+                "expected": 0.5,
+                "deviation": float(np.log(s / (1.0 - s))),
+            }
+        )
     candidates.sort(key=lambda f: -abs(float(f["deviation"] or 0.0)))
     return candidates[:TOP_FEATURES]
 
@@ -127,12 +140,14 @@ def build_events(
     thresholds = dict(params.severity_thresholds)
     fire_at = thresholds["info"]
     state_chan = feats.get("chan_mean")
+    # the online detectors, then any loaded model's (the batch anomaly model) in fusion order
+    names = [*DETECTORS, *(n for n, _ in params.weights if n in scores and n not in DETECTORS)]
     for j in idx:
         row = int(rows[j])
         kind = str(batch.kind[row])
         entity = str(batch.entity[row])
         ts = int(batch.ts_ms[row])
-        per_detector = {name: round(float(scores[name][j]), 4) for name in DETECTORS}
+        per_detector = {name: round(float(scores[name][j]), 4) for name in names}
         events.append(
             AnomalyRecord(
                 event_id=event_id(kind, entity, ts),

@@ -43,6 +43,9 @@ class Recorder(Protocol):
         ref: np.ndarray,
     ) -> None: ...
 
+    def add_detector_features(self, x: np.ndarray) -> None:
+        """Feature vectors of warm readings, for the batch anomaly model."""
+
     def add_actuals(self, slots: np.ndarray, ts_ms: np.ndarray, value: np.ndarray) -> None: ...
 
 

@@ -29,6 +29,14 @@ class ProcessorParams:
     z_width: float = 0.8  # logistic width of z-score detectors
     stuck_mid: float = 6.0  # identical consecutive readings at which `stuck` scores 0.5
     stuck_max_repeat_rate: float = 0.05  # entities repeating more often than this never stick
+    lik_min: int = 150  # readings behind the long-run statistics before tail scores count
+    lik_short_rate: float = 0.2  # EWMA weight of the recent mean error / value (about 9 readings)
+    lik_long_rate: float = 0.0005  # EWMA weight of the long-run mean and variance of those means
+    lik_floor: float = 0.05  # smallest sd of the recent mean error (in long-run error scales)
+    lik_clip: float = 4.0  # long-run statistics learn values winsorised at this many sds
+    lik_decades: float = 10.0  # score = -log10(tail probability) / this: 1e-5 is 0.5 (info)
+    lvl_short_rate: float = 0.2  # EWMA weight of the recent mean value for the level detector
+    lvl_long_rate: float = 0.0005  # EWMA weight of its long-run mean and variance
     hst_trees: int = 15
     hst_height: int = 8
     hst_window: int = 250
@@ -40,6 +48,9 @@ class ProcessorParams:
         ("stuck", 0.95),
         ("channel", 1.0),
         ("hst", 0.2),
+        ("likelihood", 1.0),
+        ("level", 1.0),
+        ("iforest", 0.4),  # the batch anomaly model of a loaded set (absent: not fused)
     )
     calibration_min: int = 200  # warm readings before an entity's scores are calibrated
     calibration_rate: float = 0.002  # EWMA weight of the running score mean and variance
@@ -66,7 +77,16 @@ class ProcessorParams:
             raise ValueError(f"window must be at least 2 readings, got {self.window}")
         if 86400 % self.profile_bucket_s:
             raise ValueError(f"profile_bucket_s must divide a day, got {self.profile_bucket_s}")
-        for name in ("profile_rate", "deviation_rate", "scale_rate", "channel_rate"):
+        for name in (
+            "profile_rate",
+            "deviation_rate",
+            "scale_rate",
+            "channel_rate",
+            "lik_short_rate",
+            "lik_long_rate",
+            "lvl_short_rate",
+            "lvl_long_rate",
+        ):
             rate = getattr(self, name)
             if not 0.0 < rate <= 1.0:
                 raise ValueError(f"{name} must be in (0, 1], got {rate}")

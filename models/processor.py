@@ -22,10 +22,13 @@ import numpy as np
 import river
 
 from models import detectors as det
+from models.batch_anomaly import DETECTOR as BATCH_DETECTOR
+from models.batch_anomaly import BatchAnomalyModel, anomaly_features
 from models.drift import ResidualDrift
 from models.events import build_events
 from models.forecasting import Forecaster, Part, Recorder
 from models.learning import Observed, learn
+from models.likelihood import score_and_learn as likelihood_scores
 from models.nowcast import MODEL_VERSION, bucket_of, expected_value, steps_ahead
 from models.online import GatedHalfSpaceTrees
 from models.params import ProcessorParams
@@ -84,6 +87,7 @@ class GridProcessor:
             "detectors": f"gridstream-detectors@{MODEL_VERSION}",
             "online": f"river-hst@{river.__version__}",
         }
+        self.set_ensemble(ensemble)
 
     @property
     def model(self) -> str:
@@ -93,7 +97,16 @@ class GridProcessor:
     def set_ensemble(self, ensemble: NowcastEnsemble | None) -> None:
         """Swap the loaded model set between batches (hot reload); None goes back to baseline."""
         self.forecaster.ensemble = ensemble
-        self.model_versions = {**self.model_versions, "nowcast": self.forecaster.model}
+        versions = {k: v for k, v in self.model_versions.items() if k != BATCH_DETECTOR}
+        if self.batch_model is not None:
+            versions[BATCH_DETECTOR] = self.batch_model.ref
+        self.model_versions = {**versions, "nowcast": self.forecaster.model}
+
+    @property
+    def batch_model(self) -> BatchAnomalyModel | None:
+        """The batch anomaly model of the loaded set, if it has one."""
+        ensemble = self.forecaster.ensemble
+        return getattr(ensemble, "anomaly", None)
 
     # -- public ------------------------------------------------------------------------------
     def process_batch(self, batch: ReadingBatch, now_ms: int) -> ProcessResult:
@@ -122,6 +135,7 @@ class GridProcessor:
         t1 = perf_counter()
         if rounds:
             self._online_scores(batch, keys, rounds)
+            self._batch_model_scores(rounds)
         t2 = perf_counter()
         emitted: list[tuple[int, AnomalyRecord]] = []
         for rnd in rounds:  # round order keeps each entity's cooldown in arrival order
@@ -230,13 +244,20 @@ class GridProcessor:
         zc_all = np.where(np.isfinite(chan_vals), zc_all, 0.0)
         zc = np.abs(zc_all[:, det.SCORED_CHANNELS]).max(axis=1)
         warm = c["count"][s] >= p.warmup
+        tail, tail_z = likelihood_scores(c, s, v, resid, dev_s, prof_trusted, p)
         scores = {
             "residual": det.z_score(z, p),
             "seasonal": seasonal,
             "stuck": stuck,
             "channel": det.z_score(zc, p),
+            **tail,
         }
         fast_max = np.maximum.reduce(list(scores.values()))
+        batch_x = None
+        if self.batch_model is not None or self._recorder is not None:
+            batch_x = anomaly_features(z, zs, np.maximum(cpos, cneg), zc, run, **tail_z)
+            if self._recorder is not None:
+                self._recorder.add_detector_features(batch_x[warm])
         rnd = _Round(
             rows=rows,
             s=s,
@@ -245,6 +266,7 @@ class GridProcessor:
             scores=scores,
             hst_x=self.online.features(z, zs, np.maximum(cpos, cneg), zc, run),
             hst_gate=fast_max > p.hst_gate,
+            batch_x=batch_x,
             feats={
                 "z": z,
                 "zs": zs,
@@ -254,6 +276,7 @@ class GridProcessor:
                 "prof_seen": prof_seen,
                 "run": run,
                 "chan_mean": c["chan_mean"][s],  # a copy: the state before learning
+                **tail_z,
             },
         )
         res.expected[rows] = expected
@@ -309,6 +332,25 @@ class GridProcessor:
         for r in rounds:
             r.scores["hst"] = by_row[r.rows]
 
+    def _batch_model_scores(self, rounds: list[_Round]) -> None:
+        """The loaded batch anomaly model over the gated warm readings, one call per batch.
+
+        A pure function of each reading's features: the same whatever the batch cuts."""
+        model = self.batch_model
+        if model is None:
+            return
+        gates = [r.hst_gate & r.warm if r.batch_x is not None else None for r in rounds]
+        xs = [r.batch_x[g] for r, g in zip(rounds, gates, strict=True) if g is not None]
+        scored = model.score(np.concatenate(xs)) if xs else np.zeros(0)
+        at = 0
+        for r, g in zip(rounds, gates, strict=True):
+            out = np.zeros(r.rows.size)
+            if g is not None:
+                k = int(g.sum())
+                out[g] = scored[at : at + k]
+                at += k
+            r.scores[BATCH_DETECTOR] = out
+
     def _fuse_and_emit(
         self, batch: ReadingBatch, rnd: _Round, res: ProcessResult, now_ms: int
     ) -> list[tuple[int, AnomalyRecord]]:
@@ -339,8 +381,11 @@ class GridProcessor:
         idx = np.flatnonzero(emit)
         if idx.size == 0:
             return []
+        feats = rnd.feats
+        if BATCH_DETECTOR in scores:
+            feats = {**feats, BATCH_DETECTOR: scores[BATCH_DETECTOR]}
         events = build_events(
-            batch, rows, idx, fused, rank, scores, rnd.feats, p, self.model_versions, now_ms
+            batch, rows, idx, fused, rank, scores, feats, p, self.model_versions, now_ms
         )
         for ev in events:
             res.counters[f"anomalies_{ev.severity}"] += 1
@@ -386,6 +431,7 @@ class _Round:
     hst_x: np.ndarray
     hst_gate: np.ndarray
     feats: dict[str, np.ndarray]
+    batch_x: np.ndarray | None = None  # batch anomaly model features, when it is needed
     forecast: Part | None = None
 
 

@@ -34,6 +34,16 @@ _SCALARS: dict[str, tuple[type, float]] = {
     "score_mean": (np.float64, np.nan),  # running mean of the fused score (calibration)
     "score_var": (np.float64, np.nan),
     "score_n": (np.int64, 0),
+    "err_scale": (np.float64, np.nan),  # slow EWMA of |one-step residual| (likelihood)
+    "err_short": (np.float64, np.nan),  # recent mean of |residual| / err_scale
+    "err_mean": (np.float64, np.nan),  # long-run mean and variance of err_short
+    "err_var": (np.float64, np.nan),
+    "lik_n": (np.int64, 0),
+    "lvl_short": (np.float64, np.nan),  # recent mean value or departure from profile (level)
+    "lvl_mean": (np.float64, np.nan),  # long-run mean and variance of lvl_short
+    "lvl_var": (np.float64, np.nan),
+    "lvl_n": (np.int64, 0),
+    "lvl_dev": (np.int8, 0),  # 1 once the level detector follows departures from the profile
     "last_event_ts": (np.int64, NO_TS),
     "last_event_rank": (np.int64, -1),  # severity rank of the last event published
 }

@@ -18,6 +18,7 @@ import numpy as np
 from sklearn.ensemble import HistGradientBoostingRegressor
 
 from models.artifacts import VALIDATION_ERROR, save_model_set
+from models.batch_anomaly import ANOMALY_FEATURES, BatchAnomalyModel
 from models.ensemble import ENSEMBLE_NAME, GATE_FILE, N_REGIMES, QUANTILES, model_file, regime_of
 from models.exceptions import ModelError
 from models.features import FEATURE_NAMES
@@ -35,6 +36,7 @@ class FeatureRecorder:
     def __init__(self) -> None:
         self._fc: dict[int, list[tuple[np.ndarray, ...]]] = {}
         self._act: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._det: list[np.ndarray] = []
 
     def add_forecasts(
         self,
@@ -48,6 +50,15 @@ class FeatureRecorder:
         self._fc.setdefault(horizon_s, []).append(
             (slots.copy(), target_ms.copy(), x.astype(np.float32), base_p50.copy(), ref.copy())
         )
+
+    def add_detector_features(self, x: np.ndarray) -> None:
+        self._det.append(x.astype(np.float32))
+
+    def detector_features(self) -> np.ndarray:
+        """Every warm reading's batch anomaly model features, in replay order."""
+        if not self._det:
+            return np.empty((0, len(ANOMALY_FEATURES)), np.float32)
+        return np.concatenate(self._det)
 
     def add_actuals(self, slots: np.ndarray, ts_ms: np.ndarray, value: np.ndarray) -> None:
         self._act.append((slots.copy(), ts_ms.copy(), value.copy()))
@@ -220,6 +231,9 @@ def train_model_set(
     artifacts, metrics, (start, end) = fit_ensemble(
         recorder, params.horizons_s, seed=seed, max_iter=max_iter
     )
+    detector_x = recorder.detector_features()
+    artifacts.update(BatchAnomalyModel.fit(detector_x, seed=seed).artifacts())
+    metrics["anomaly_train_rows"] = float(detector_x.shape[0])
     path = save_model_set(
         store,
         name,
@@ -237,6 +251,7 @@ def train_model_set(
             "quantiles": list(QUANTILES),
             "profile_bucket_s": params.profile_bucket_s,
             "window": params.window,
+            "anomaly_features": list(ANOMALY_FEATURES),
         },
     )
     decision = promote_if_better(store, path) if promote else None

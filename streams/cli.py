@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
 import sys
 import threading
 import time
@@ -54,11 +55,22 @@ def _stop_on_signals() -> threading.Event:
 
 
 # -- commands ----------------------------------------------------------------------------------
+def _per_worker(settings: Settings, index: int) -> Settings:
+    """Worker ``index`` of ``--workers`` gets its own transactional id: the same id fences."""
+    k = settings.kafka
+    if k.processing_guarantee != "exactly_once":
+        return settings
+    base = k.transactional_id or f"{k.group_id}-{socket.gethostname()}"
+    kafka = k.model_copy(update={"transactional_id": f"{base}-{index}"})
+    return settings.model_copy(update={"kafka": kafka})
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from models.processor import GridProcessor
     from streams.http import start_http_server
     from streams.monitor import Monitor
     from streams.runner import StreamRunner
+    from streams.tasks import TaskSet
     from streams.wiring import clickhouse_sink
     from streams.workers import check_workers, gc_policy, run_workers, tag_logs
 
@@ -72,8 +84,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         return run_workers(settings, workers, args.config)
     if index is not None:
         tag_logs(index)
+        settings = _per_worker(settings, index)
     stop = _stop_on_signals()
-    processor = GridProcessor(settings.processing.params())
+    engine = getattr(args, "engine", "native")
+    processor: TaskSet | GridProcessor = (
+        GridProcessor(settings.processing.params())  # faust: one core for the worker
+        if engine == "faust"
+        else TaskSet(settings.processing.params())  # native: one core per assigned partition
+    )
     monitor = Monitor(processor, clickhouse_enabled=settings.clickhouse.backend != "none")
     server = None
     if settings.http_port:  # up before the slow start-up steps: /health says "starting"
@@ -85,9 +103,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         if sink is not None:
             sink.ensure_schema()
             monitor.health.clickhouse_connected()
-        runner = StreamRunner(settings, processor, sink, monitor=monitor)
+        if isinstance(processor, GridProcessor):  # --engine faust: same core in a faust worker
+            from streams.faust_engine import FaustEngine
+
+            runner = FaustEngine(settings, processor, sink, monitor=monitor)
+        else:
+            runner = StreamRunner(settings, processor, sink, monitor=monitor)
         log.info(
-            "gridstream run: kafka %s (%s) group %s, inputs %s + %s, clickhouse %s, http %s",
+            "gridstream run (%s engine): kafka %s (%s) group %s, inputs %s + %s, clickhouse %s, "
+            "http %s",
+            engine,
             settings.kafka.bootstrap_servers,
             settings.kafka.security_protocol,
             settings.kafka.group_id,
@@ -308,6 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
         "not with embedded chDB",
     )
     p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--engine",
+        choices=["native", "faust"],
+        default="native",
+        help="native: confluent-kafka loop (default); faust: the same core in a faust-streaming "
+        "worker (needs the 'faust' extra; see README, Delivery guarantees)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="broker + embedded ClickHouse + simulator + processor")

@@ -65,6 +65,15 @@ class KafkaSettings(_Section):
         le=3_600_000,
         description="consumer group session timeout; the embedded broker joins in about half",
     )
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once",
+        description="exactly_once: outputs and input offsets in one Kafka transaction per batch",
+    )
+    transactional_id: str | None = Field(
+        None,
+        description="exactly_once: stable id per worker (default <group_id>-<hostname>); a "
+        "restarted worker with the same id fences its predecessor",
+    )
     extra: dict[str, str] = Field(
         default_factory=dict, description="passed verbatim to librdkafka (consumer and producer)"
     )
@@ -148,6 +157,14 @@ class ProcessingSettings(_Section):
         None, description="model store from `gridstream train`; its promoted set is served"
     )
     models_poll_s: float = Field(10.0, gt=0, description="how often the store is checked")
+    state_dir: Path | None = Field(
+        None,
+        description="checkpoints of each partition's state; shared by the workers of a group "
+        "so a restarted or rebalanced partition resumes its windows instead of warming up",
+    )
+    checkpoint_interval_s: float = Field(
+        30.0, gt=0, description="how often each partition's state is checkpointed"
+    )
 
     def params(self) -> ProcessorParams:
         return ProcessorParams(
@@ -218,6 +235,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
 def env_names() -> set[str]:
     """Every environment variable name the settings understand."""
     names = {f"{ENV_PREFIX}CONFIG"}
+    names |= {f"{ENV_PREFIX}FAILPOINTS", f"{ENV_PREFIX}FAILPOINTS_SEED"}  # streams.failpoints
     for name, info in Settings.model_fields.items():
         section = info.annotation
         if isinstance(section, type) and issubclass(section, BaseModel):

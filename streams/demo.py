@@ -18,7 +18,6 @@ from pathlib import Path
 import orjson
 
 from models.evaluation import ForecastTracker, Label, match_detections, median
-from models.processor import GridProcessor
 from schemas.batch import AnomalyRecord
 from sinks.clickhouse import ClickHouseSink
 from sinks.clickhouse_backend import ChdbBackend
@@ -30,6 +29,7 @@ from streams.monitor import Monitor
 from streams.runner import BatchReport, StreamRunner, ensure_topics
 from streams.simulation import SimConfig
 from streams.simulator import SimStats, run_simulator
+from streams.tasks import TaskSet
 from streams.wiring import clickhouse_sink
 
 BACKFILL_DAYS = 7
@@ -102,7 +102,7 @@ def run_demo(
         assert sink is not None
         sink.ensure_schema()
         state = DemoState(settings.processing.horizons_s)
-        processor = GridProcessor(settings.processing.params())
+        processor = TaskSet(settings.processing.params())
         monitor = Monitor(processor)
         monitor.health.clickhouse_connected()
         server = _http(settings, monitor, write)

@@ -33,6 +33,19 @@ APE_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 SEVERITIES = ("info", "warning", "critical")
 
 
+STATE_EVENTS = (
+    "checkpoints",
+    "checkpoint_errors",
+    "resumed_from_checkpoint",
+    "resumed_from_memory",
+    "resumed_from_cold",
+    "resumed_from_replay",
+    "cold_starts",
+    "dropped_in_flight",
+    "replayed",
+)
+
+
 class BatchHistogram:
     """A Prometheus histogram fed with whole numpy arrays (one ``searchsorted`` per batch).
 
@@ -181,6 +194,17 @@ class GridMetrics:
         )
         for event in ("assign", "revoke"):
             self.rebalances.labels(event)
+        self.state_events = Counter(
+            "state_events",
+            "Partition state: checkpoints written, resumes by source (checkpoint, memory, replay "
+            "of the whole partition, cold), "
+            "checkpoint errors, and input records replayed to rebuild state.",
+            ["event"],
+            namespace=ns,
+            registry=r,
+        )
+        for event in STATE_EVENTS:
+            self.state_events.labels(event)
         self.kafka_errors = Counter(
             "kafka_errors",
             "Errors reported by the Kafka clients, by librdkafka error name.",

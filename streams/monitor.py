@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry
 from sinks.exceptions import SinkError
 from streams.accuracy import ForecastAccuracy
 from streams.health import Health
-from streams.metrics import GridMetrics
+from streams.metrics import STATE_EVENTS, GridMetrics
 
 if TYPE_CHECKING:
     from models.processor import GridProcessor
@@ -148,6 +148,7 @@ class Monitor:
         self._last_lag = float("-inf")
         self._lag_series: set[tuple[str, int]] = set()
         self._assignment: set[tuple[str, int]] = set()
+        self._state_seen: dict[str, int] = {}
         self._kafka_logger = logging.getLogger("gridstream.kafka")
         self.metrics.bind(
             health_level=self.health.level,
@@ -272,6 +273,14 @@ class Monitor:
     def models_status(self, error: str | None) -> None:
         self.health.models_status(error)
 
+    def _count_state(self, totals: dict[str, int]) -> None:
+        """State events arrive as running totals; the counters advance by the difference."""
+        for event, total in totals.items():
+            seen = self._state_seen.get(event, 0)
+            if total > seen and event in STATE_EVENTS:
+                self.metrics.state_events.labels(event).inc(total - seen)
+            self._state_seen[event] = total
+
     def batch_done(self, report: BatchReport, consumer: Consumer) -> None:
         try:
             models = self._model_versions()
@@ -279,6 +288,7 @@ class Monitor:
                 self._models_seen = models
                 self.metrics.set_models(models)
             self._count(report)
+            self._count_state(report.state_events)
         except Exception:  # metrics must never stop the pipeline; the error is logged
             log.exception("updating metrics after a batch failed")
         self.health.batch_done()

@@ -1,15 +1,20 @@
 """The processor loop on confluent-kafka: consume a batch, process it, publish, then commit.
 
 Per batch: ``consume(n, timeout)`` -> decode + validate (bad records become dead letters) ->
-``GridProcessor.process_batch`` -> ClickHouse insert -> produce forecasts, anomalies and dead
-letters and wait for every acknowledgement -> commit the batch's offsets synchronously. A sink
-that is down pauses the assigned partitions and retries the same outputs with backoff; nothing is
-committed until they are written (at-least-once). SIGTERM/SIGINT finish the batch and exit.
+each partition's core (``streams.tasks``) -> ClickHouse insert -> produce forecasts, anomalies and
+dead letters and wait for every acknowledgement -> commit the batch's offsets synchronously
+(at-least-once), or publish and commit them in one Kafka transaction (exactly-once). A sink that
+is down pauses the assigned partitions and retries the same outputs with backoff; nothing is
+committed until they are written. SIGTERM/SIGINT finish the batch and exit.
+
+Partition state is checkpointed and restored by ``streams.recovery``; the loop is synchronous, so
+between batches every task's state matches its committed offset exactly.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections import Counter
@@ -31,8 +36,13 @@ from sinks.clickhouse import ClickHouseSink
 from sinks.encode import encode_anomalies, encode_dead_letters, encode_forecasts
 from sinks.exceptions import SinkError
 from sinks.topics import TopicSink
+from sinks.transactions import TransactionalTopics
+from streams.checkpoints import CheckpointStore
 from streams.config import Settings
+from streams.failpoints import Failpoints
 from streams.monitor import NullMonitor, RunnerMonitor
+from streams.recovery import PartitionStates
+from streams.tasks import TaskId, TaskSet
 
 log = logging.getLogger("gridstream.runner")
 
@@ -55,6 +65,7 @@ class BatchReport:
     dead_letter_reasons: Counter[str] = field(default_factory=Counter)
     stage_s: dict[str, float] = field(default_factory=dict)  # decode/process/deliver/commit
     published_ms: int = 0  # when every output of the batch was acknowledged
+    state_events: dict[str, int] = field(default_factory=dict)  # running totals (recovery)
 
 
 @dataclass(slots=True)
@@ -99,7 +110,7 @@ class StreamRunner:
     def __init__(
         self,
         settings: Settings,
-        processor: GridProcessor | None = None,
+        processor: TaskSet | GridProcessor | None = None,
         clickhouse: ClickHouseSink | None = None,
         *,
         clock: Callable[[], float] = time.time,
@@ -108,7 +119,18 @@ class StreamRunner:
         monitor: RunnerMonitor | None = None,
     ) -> None:
         self.settings = settings
-        self.processor = processor or GridProcessor(settings.processing.params())
+        if isinstance(processor, TaskSet):
+            self.processor = processor
+        else:  # a GridProcessor stands for its parameters and model set: one core per partition
+            self.processor = TaskSet(
+                processor.params if processor else settings.processing.params(),
+                processor.forecaster.ensemble if processor else None,
+            )
+        p = settings.processing
+        store = CheckpointStore(p.state_dir, settings.kafka.group_id) if p.state_dir else None
+        self.states = PartitionStates(self.processor, store, p.checkpoint_interval_s)
+        self.exactly_once = settings.kafka.processing_guarantee == "exactly_once"
+        self.failpoints = Failpoints.from_env()
         self.clickhouse = clickhouse
         self.clock = clock
         self.on_batch = on_batch
@@ -119,6 +141,7 @@ class StreamRunner:
         self._contract = {t.meter: METER, t.scada: SCADA}
         self._consumer: Consumer | None = None
         self._topics: TopicSink | None = None
+        self._txn: TransactionalTopics | None = None
         self.assigned: set[tuple[str, int]] = set()
         self._watcher: ModelStoreWatcher | None = None
 
@@ -151,20 +174,43 @@ class StreamRunner:
             "queue.buffering.max.messages": 500_000,
         }
 
+    def transactional_config(self) -> dict[str, object]:
+        """The exactly-once producer: one stable transactional id per worker."""
+        k = self.settings.kafka
+        txn_id = k.transactional_id or f"{k.group_id}-{socket.gethostname()}"
+        return {
+            **self.producer_config(),
+            "transactional.id": txn_id,
+            "transaction.timeout.ms": 60_000,
+        }
+
     def _make_clients(self) -> tuple[Consumer, TopicSink]:
+        if self.exactly_once:
+            self._txn = TransactionalTopics(Producer(self.transactional_config()))
+            return Consumer(self.consumer_config()), TopicSink(self._txn.producer)
         return Consumer(self.consumer_config()), TopicSink(Producer(self.producer_config()))
 
-    def _on_assign(self, _consumer: Consumer, parts: list[TopicPartition]) -> None:
+    def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         self.assigned.update((p.topic, p.partition) for p in parts)
         self.stats.counters["rebalances"] += 1
+        committed = consumer.committed(parts, timeout=30) if parts else []
+        seeks = self.states.assign(
+            {(tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else -1) for tp in committed}
+        )
+        if seeks:  # start replays below the committed offset: assign with explicit offsets
+            for p in parts:
+                p.offset = seeks.get((p.topic, p.partition), p.offset)
+            consumer.assign(parts)
         self.monitor.assigned([(p.topic, p.partition) for p in parts])
-        log.info("assigned %s", sorted(self.assigned))
+        log.info("assigned %s; replaying %s", sorted(self.assigned), seeks or "nothing")
 
     def _on_revoke(self, _consumer: Consumer, parts: list[TopicPartition]) -> None:
         # Offsets are committed synchronously after every batch, so nothing is pending here.
-        self.assigned.difference_update((p.topic, p.partition) for p in parts)
-        self.monitor.revoked([(p.topic, p.partition) for p in parts])
-        log.info("revoked %s", [(p.topic, p.partition) for p in parts])
+        revoked = [(p.topic, p.partition) for p in parts]
+        self.states.revoke(revoked)
+        self.assigned.difference_update(revoked)
+        self.monitor.revoked(revoked)
+        log.info("revoked %s", revoked)
 
     # -- loop --------------------------------------------------------------------------------
     def run(
@@ -203,6 +249,8 @@ class StreamRunner:
             error = exc
             raise
         finally:
+            if error is None:
+                self.states.checkpoint_all()  # a clean stop resumes with no replay
             consumer.close()  # leaves the group; every processed batch is already committed
             topics.producer.flush(10)
             self.monitor.loop_stopped(error)
@@ -250,6 +298,8 @@ class StreamRunner:
             return
         now_ms = int(self.clock() * 1000)
         p = self.settings.processing
+        route = _Routing(good, self.states.replay_until)
+        self.states.in_flight.update(route.tids)
         t_decode = time.perf_counter()
         decoded = decode_batch(
             [m.value() for m in good],
@@ -260,7 +310,19 @@ class StreamRunner:
         )
         readings = decoded.readings
         t_process = time.perf_counter()
-        result = self.processor.process_batch(readings, now_ms)
+        replay = route.replay[readings.src_index] if route.replay is not None else None
+        result, replayed = self.processor.process(
+            readings, route.task[readings.src_index], route.tids, now_ms, replay
+        )
+        replayed_records = 0
+        if route.replay is not None:  # replayed records were published and dead-lettered before
+            replayed_records = int(route.replay.sum())
+            self.stats.counters["replayed"] += replayed_records
+            readings = readings.take(~replay)
+            decoded_rejections = [r for r in decoded.rejections if not route.replay[r.src_index]]
+        else:
+            decoded_rejections = decoded.rejections
+        self.failpoints.hit("after_process")
         for ev in result.drift_events:
             log.warning(
                 "drift: %s on %s readings (%s): %s",
@@ -270,21 +332,30 @@ class StreamRunner:
                 ev.detail,
             )
         t_deliver = time.perf_counter()
-        rejections = decoded.rejections + result.rejections  # both index the consumed batch
+        rejections = decoded_rejections + result.rejections  # both index the consumed batch
         dead = [_dead_letter(good[r.src_index], r, now_ms) for r in rejections]
         accepted = _accepted(readings, result)
-        self._deliver(result, dead, now_ms, stop, accepted)
+        offsets = route.commit_offsets(self.assigned)
+        self._deliver(result, dead, now_ms, stop, accepted, offsets)
         published_ms = int(self.clock() * 1000)
         t_commit = time.perf_counter()
-        self._commit(good)
+        if not self.exactly_once:  # exactly-once committed the offsets inside the transaction
+            self.failpoints.hit("before_commit")
+            if offsets:
+                self._commit(offsets)
+        self.failpoints.hit("after_commit")
+        self.states.advance(route.positions)
+        self.states.checkpoint_one_due()
         t_end = time.perf_counter()
         c = self.stats.counters
         c.update(result.counters)
-        c["consumed"] += len(good)
+        c["consumed"] += len(good) - replayed_records
         c["dead_letters"] += len(dead)
         for r in rejections:
             c[f"dead_letter_{r.error_class}"] += 1
         self.stats.batches += 1
+        if result.counters.get("dropped_duplicate"):
+            log.info("dropped %d exact duplicates", result.counters["dropped_duplicate"])
         t = self.settings.topics
         report = BatchReport(
             consumed=len(good),
@@ -310,6 +381,7 @@ class StreamRunner:
                 "commit": t_end - t_commit,
             },
             published_ms=published_ms,
+            state_events={**self.states.counters, "replayed": c["replayed"]},
         )
         self.monitor.batch_done(report, self._consumer)
         if self.on_batch is not None:
@@ -322,6 +394,7 @@ class StreamRunner:
         now_ms: int,
         stop: threading.Event,
         accepted: ReadingBatch | None = None,
+        offsets: list[TopicPartition] | None = None,
     ) -> None:
         """Write ClickHouse and the topics; while a sink is down, pause input and retry.
 
@@ -349,8 +422,9 @@ class StreamRunner:
                             lambda: self._write_clickhouse(result, dead, now_ms, accepted),
                         )
                         written_ch = True
+                        self.failpoints.hit("after_clickhouse")
                     rows = sum(len(records) for _, records in outputs)
-                    self._timed("kafka", rows, lambda: self._topics.publish(outputs))
+                    self._timed("kafka", rows, lambda: self._publish(outputs, offsets or []))
                     return
                 except SinkError as exc:
                     if not exc.retryable or stop.is_set():
@@ -368,6 +442,18 @@ class StreamRunner:
         finally:
             if paused:
                 self._consumer.resume(self._consumer.assignment())
+
+    def _publish(self, outputs: list[tuple[str, list]], offsets: list[TopicPartition]) -> None:
+        assert self._consumer is not None and self._topics is not None
+        if self._txn is None:
+            self._topics.publish(outputs)
+            return
+        self._txn.publish(
+            outputs,
+            offsets,
+            self._consumer.consumer_group_metadata(),
+            before_commit=lambda: self.failpoints.hit("before_commit"),
+        )
 
     def _timed(self, sink: str, rows: int, write: Callable[[], None]) -> None:
         """Run one output write and tell the monitor how long it took and how it ended."""
@@ -391,18 +477,52 @@ class StreamRunner:
         if result.drift_events:
             self.clickhouse.write_drift_events(result.drift_events)
 
-    def _commit(self, msgs: list[Message]) -> None:
-        last: dict[tuple[str, int], int] = {}
-        for m in msgs:
-            key = (m.topic(), m.partition())
-            off = m.offset()
-            if off > last.get(key, -1):
-                last[key] = off
+    def _commit(self, offsets: list[TopicPartition]) -> None:
         assert self._consumer is not None
-        self._consumer.commit(
-            offsets=[TopicPartition(tp, part, off + 1) for (tp, part), off in last.items()],
-            asynchronous=False,
-        )
+        self._consumer.commit(offsets=offsets, asynchronous=False)
+
+
+class _Routing:
+    """Where each consumed record goes: its partition's task, and whether it is a replay."""
+
+    __slots__ = ("tids", "task", "replay", "positions", "_live_end")
+
+    def __init__(self, msgs: list[Message], replay_until: dict[TaskId, int]) -> None:
+        index: dict[TaskId, int] = {}
+        self.tids: list[TaskId] = []
+        task = np.empty(len(msgs), dtype=np.int64)
+        offsets = np.empty(len(msgs), dtype=np.int64)
+        for i, m in enumerate(msgs):
+            tid = (m.topic(), m.partition())
+            t = index.get(tid)
+            if t is None:
+                t = index[tid] = len(self.tids)
+                self.tids.append(tid)
+            task[i] = t
+            offsets[i] = m.offset()
+        self.task = task
+        self.replay: np.ndarray | None = None
+        if replay_until and any(tid in replay_until for tid in self.tids):
+            bound = np.array([replay_until.get(tid, -1) for tid in self.tids], dtype=np.int64)
+            self.replay = offsets < bound[task]
+        # next offset per task, and the same over live (not replayed) records for the commit
+        ends = np.full(len(self.tids), -1, dtype=np.int64)
+        np.maximum.at(ends, task, offsets + 1)
+        self.positions = {tid: int(ends[t]) for t, tid in enumerate(self.tids)}
+        live_end = ends
+        if self.replay is not None:
+            live_end = np.full(len(self.tids), -1, dtype=np.int64)
+            live = ~self.replay
+            np.maximum.at(live_end, task[live], offsets[live] + 1)
+        self._live_end = live_end
+
+    def commit_offsets(self, assigned: set[TaskId]) -> list[TopicPartition]:
+        """Offsets to commit: partitions with live records that this worker still holds."""
+        return [
+            TopicPartition(tid[0], tid[1], int(self._live_end[t]))
+            for t, tid in enumerate(self.tids)
+            if self._live_end[t] >= 0 and tid in assigned
+        ]
 
 
 def _accepted(readings: ReadingBatch, result: ProcessResult) -> ReadingBatch:

@@ -45,6 +45,10 @@ from tests.chserver.protocol import (
 )
 
 
+class _Truncated(ConnectionError):
+    """The client went away before its request body was complete."""
+
+
 @dataclass(slots=True)
 class Seen:
     """One request as the endpoint saw it, for tests that check what the client sent."""
@@ -111,24 +115,43 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle()
 
     def _read_body(self) -> tuple[bytes, bool]:
+        """The whole request body; a client that disconnects mid-body gets nothing executed.
+
+        ClickHouse refuses a truncated body ("Unexpected end of chunked stream"); executing the
+        part that arrived would insert a partial block under the block's deduplication token.
+        """
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             parts = []
             while True:
-                size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
+                line = self.rfile.readline()
+                if not line.endswith(b"\n"):
+                    raise _Truncated("connection closed inside a chunked body")
+                size = int(line.split(b";", 1)[0].strip() or b"0", 16)
                 if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass  # trailers
+                    while (trailer := self.rfile.readline()) not in (b"\r\n", b"\n"):
+                        if not trailer:
+                            raise _Truncated("connection closed in the chunked trailer")
                     return b"".join(parts), True
-                parts.append(self.rfile.read(size))
+                chunk = self.rfile.read(size)
+                if len(chunk) < size:
+                    raise _Truncated(f"connection closed after {len(chunk)} of {size} bytes")
+                parts.append(chunk)
                 self.rfile.readline()
         length = int(self.headers.get("Content-Length") or 0)
-        return (self.rfile.read(length) if length else b""), False
+        body = self.rfile.read(length) if length else b""
+        if len(body) < length:
+            raise _Truncated(f"connection closed after {len(body)} of {length} bytes")
+        return body, False
 
     def _handle(self) -> None:
         owner = self.server.owner
         url = urlsplit(self.path)
         params = dict(parse_qsl(url.query, keep_blank_values=True))
-        body, chunked = self._read_body()
+        try:
+            body, chunked = self._read_body()
+        except _Truncated:
+            self.close_connection = True  # nothing executed, nobody left to answer
+            return
         seen = Seen(
             self.command,
             url.path,

@@ -22,7 +22,6 @@ from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from models.processor import GridProcessor
 from sinks.clickhouse import ClickHouseSink
 from sinks.clickhouse_backend import ChdbBackend, ClickHouseBackend, QueryResult, ServerBackend
 from sinks.exceptions import SinkError
@@ -36,6 +35,7 @@ from streams.config import (
 from streams.http import HttpServer, start_http_server
 from streams.monitor import Monitor
 from streams.runner import StreamRunner, ensure_topics
+from streams.tasks import TaskSet
 from streams.wiring import clickhouse_backend
 from tests.integration.helpers import make_settings, produce
 
@@ -180,7 +180,7 @@ class Processor:
     """A runner on its own thread with the monitor and HTTP server of ``gridstream run``."""
 
     def __init__(self, settings: Settings, sink: ClickHouseSink) -> None:
-        processor = GridProcessor(settings.processing.params())
+        processor = TaskSet(settings.processing.params())
         self.monitor = Monitor(processor, stats_interval_ms=500, lag_interval_s=0.2)
         self.monitor.health.clickhouse_connected()  # what cmd_run does after ensure_schema
         self.server = start_http_server(

@@ -18,6 +18,7 @@ from models.training import record_history, train_model_set
 from streams.config import ProcessingSettings, load_settings
 from streams.monitor import Monitor
 from streams.runner import StreamRunner
+from streams.tasks import TaskSet
 from tests.unit.builders import NOW_MS, daily_load, split, to_batch
 
 
@@ -150,7 +151,7 @@ def test_runner_hot_reloads_a_promoted_set_and_keeps_it_when_the_next_is_broken(
     settings = load_settings(
         processing=ProcessingSettings(horizons_s=P.horizons_s, models_dir=live)
     )
-    processor = GridProcessor(settings.processing.params())
+    processor = TaskSet(settings.processing.params())  # what `gridstream run` serves with
     monitor = Monitor(processor)
     runner = StreamRunner(settings, processor, monitor=monitor)
     assert runner.reload_models() is False  # an empty store: the baseline serves
@@ -162,6 +163,8 @@ def test_runner_hot_reloads_a_promoted_set_and_keeps_it_when_the_next_is_broken(
     assert runner.reload_models() is True
     assert processor.model == pointer.ref  # type: ignore[union-attr]
     assert processor.model_versions["nowcast"] == pointer.ref  # what events and /models report
+    task = processor.task(("meter", 0))  # a partition assigned after the reload serves it too
+    assert task.processor.model == pointer.ref  # type: ignore[union-attr]
     assert not any("model store" in r for r in monitor.health.evaluate().reasons)
 
     # a newer promoted set whose file was damaged after promotion: the old one keeps serving
@@ -181,3 +184,88 @@ def _dt(day: int):
     from datetime import UTC, datetime, timedelta
 
     return datetime(2024, 1, 1, tzinfo=UTC) + timedelta(days=day)
+
+
+# -- the batch anomaly model of the set ----------------------------------------------------------
+def test_training_adds_a_batch_anomaly_model_that_fuses_and_explains(store: Path) -> None:
+    from models.batch_anomaly import ANOMALY_FILE, ANOMALY_META, DETECTOR
+
+    pointer = read_current(store)
+    assert pointer is not None
+    loaded = load_model_set(store / pointer.dir)
+    assert {ANOMALY_FILE, ANOMALY_META} <= set(loaded.manifest.files)  # hashed like the rest
+    ensemble = load_ensemble(store)
+    assert ensemble.anomaly is not None
+    cols = daily_load(ENTITIES, days=9, seed=11)
+    spike = np.flatnonzero(cols["entity"] == "m1")[8 * 96 + 30]
+    cols["value"][spike] *= 4.0
+    batch = to_batch(cols)
+    proc = GridProcessor(P, ensemble=ensemble)
+    res = proc.process_batch(batch, NOW_MS)
+    assert proc.model_versions[DETECTOR] == ensemble.ref
+    hit = [e for e in res.anomalies if e.ts_ms == cols["ts_ms"][spike] and e.entity_id == "m1"]
+    assert hit, "the spike raised no event"
+    assert DETECTOR in hit[0].detectors and hit[0].detectors[DETECTOR] >= 0.5
+    assert DETECTOR in hit[0].fired
+    assert "iforest_anomaly_score" in [f["feature"] for f in hit[0].explanation] or len(
+        hit[0].explanation
+    ) == 3  # in the top three, unless three stronger departures crowd it out
+    # a pure function of each reading's features: the same whatever the batch cuts
+    again = GridProcessor(P, ensemble=ensemble)
+    parts = [again.process_batch(b, NOW_MS) for b in pieces(batch, 9)]
+    np.testing.assert_array_equal(res.score, np.concatenate([r.score for r in parts]))
+    # without the set, no such detector
+    plain = GridProcessor(P).process_batch(batch, NOW_MS)
+    assert all(DETECTOR not in e.detectors for e in plain.anomalies)
+
+
+def test_a_tampered_batch_anomaly_model_is_refused(store: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from models.batch_anomaly import ANOMALY_FILE
+
+    copy = tmp_path / "copy"
+    shutil.copytree(store, copy)
+    pointer = read_current(copy)
+    victim = copy / pointer.dir / ANOMALY_FILE  # type: ignore[union-attr]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with pytest.raises(TamperedArtifact, match=ANOMALY_FILE):
+        load_ensemble(copy)
+
+
+def test_a_batch_anomaly_model_on_other_features_is_refused(store: Path, tmp_path: Path) -> None:
+    from models.batch_anomaly import ANOMALY_META
+
+    pointer = read_current(store)
+    loaded = load_model_set(store / pointer.dir)  # type: ignore[union-attr]
+    artifacts = dict(loaded.artifacts)
+    meta = dict(artifacts[ANOMALY_META])  # type: ignore[call-overload]
+    meta["feature_names"] = [*meta["feature_names"][:-1], "something_else"]
+    artifacts[ANOMALY_META] = meta
+    path = save_model_set(
+        tmp_path,
+        "other-anomaly",
+        artifacts,
+        feature_names=FEATURE_NAMES,
+        horizons_s=P.horizons_s,
+        training_span=(_dt(0), _dt(1)),
+        metrics={"validation_error": 1.0},
+    )
+    with pytest.raises(IncompatibleModel, match="something_else"):
+        load_ensemble(path)
+
+
+def test_the_batch_anomaly_model_handles_nan_features() -> None:
+    from models.batch_anomaly import ANOMALY_FEATURES, BatchAnomalyModel
+
+    rng = np.random.default_rng(0)
+    x = np.abs(rng.normal(0.0, 1.0, (2000, len(ANOMALY_FEATURES))))
+    x[::7, 2] = np.nan  # a detector with no memory yet
+    x[:, 5] = np.nan  # one never has a value in this history
+    model = BatchAnomalyModel.fit(x, seed=1)
+    probe = np.vstack([np.full(len(ANOMALY_FEATURES), np.nan), x[:3], np.full(x.shape[1], 9.0)])
+    s = model.score(probe)
+    assert np.all(np.isfinite(s)) and np.all((s >= 0.0) & (s <= 1.0))
+    assert s[-1] > 0.5 > s[0]  # far outside the training cloud vs. its medians

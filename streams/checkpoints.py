@@ -1,0 +1,118 @@
+"""Task checkpoints in a directory: a partition's whole core state and the offset it reflects.
+
+A checkpoint is written only at a committed position (after the batch's outputs were
+acknowledged and its offsets committed), so its ``position`` is never ahead of the group's
+committed offset. On assignment the runner restores the newest state that is not ahead of the
+committed offset and replays the readings between the two without publishing, which rebuilds the
+exact state the partition had, whichever worker held it before.
+
+Several workers, or a restarted one, find each other's checkpoints when they share the directory
+(a volume shared by the replicas, like Flink's checkpoint directory). Files are written to a
+temporary name, fsynced and renamed, and carry the sha256 of their payload, so a crash mid-write
+leaves the previous checkpoint in place and a torn or edited file is refused, not unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from models.processor import GridProcessor
+from streams.tasks import TaskId
+
+FORMAT = 1
+
+
+class CheckpointError(Exception):
+    """A checkpoint file exists but cannot be used (torn, tampered, other format)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    position: int
+    processor: GridProcessor
+    created_ms: int
+    nbytes: int
+
+
+class CheckpointStore:
+    """``<root>/<group>/<topic>.<partition>.ckpt``: one current checkpoint per partition."""
+
+    def __init__(self, root: Path, group: str) -> None:
+        self.dir = Path(root) / group
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def path(self, tid: TaskId) -> Path:
+        topic, partition = tid
+        return self.dir / f"{topic}.{partition}.ckpt"
+
+    def save(self, tid: TaskId, position: int, processor: GridProcessor) -> int:
+        """Write the task's state at ``position`` atomically; returns the bytes written."""
+        blob = processor.snapshot()
+        header = {
+            "format": FORMAT,
+            "topic": tid[0],
+            "partition": tid[1],
+            "position": position,
+            "created_ms": int(time.time() * 1000),
+            "sha256": hashlib.sha256(blob).hexdigest(),
+            "bytes": len(blob),
+        }
+        final = self.path(tid)
+        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(json.dumps(header).encode() + b"\n")
+            fh.write(blob)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        dir_fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the rename itself survives a power cut
+        finally:
+            os.close(dir_fd)
+        return len(blob)
+
+    def load(self, tid: TaskId) -> Checkpoint | None:
+        """The partition's checkpoint, None if there is none; CheckpointError if unusable."""
+        path = self.path(tid)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        line, sep, blob = data.partition(b"\n")
+        try:
+            header = json.loads(line) if sep else None
+        except ValueError:
+            header = None
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            raise CheckpointError(f"{path}: not a gridstream checkpoint of format {FORMAT}")
+        if (header.get("topic"), header.get("partition")) != tuple(tid):
+            raise CheckpointError(
+                f"{path}: holds {header.get('topic')}/{header.get('partition')}, "
+                f"not {tid[0]}/{tid[1]}"
+            )
+        if len(blob) != header.get("bytes") or hashlib.sha256(blob).hexdigest() != header.get(
+            "sha256"
+        ):
+            raise CheckpointError(
+                f"{path}: payload is {len(blob)} bytes and does not match its sha256 "
+                "(torn or modified); not loading it"
+            )
+        try:
+            processor = GridProcessor.from_snapshot(blob)
+        except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad checkpoint
+            raise CheckpointError(f"{path}: cannot restore the state: {exc}") from exc
+        return Checkpoint(
+            position=int(header["position"]),
+            processor=processor,
+            created_ms=int(header.get("created_ms", 0)),
+            nbytes=len(blob),
+        )
+
+    def discard(self, tid: TaskId) -> None:
+        self.path(tid).unlink(missing_ok=True)

@@ -1,0 +1,172 @@
+"""Partition tasks: one streaming core per input partition, the unit of state that moves.
+
+Kafka assigns partitions, not entities, and every reading of an entity arrives on one partition
+(the key is the entity id). Keeping one ``GridProcessor`` per (topic, partition), as Kafka Streams
+keeps one task per partition, makes *all* state move with its partition: windows and detector
+memories, and also the shared river model and the drift detectors, which would otherwise mix the
+history of entities this worker happens to hold. A task is checkpointed and restored as a whole,
+so scores after a rebalance equal the scores without one.
+
+``position`` is the offset of the next reading a task has not seen: its state reflects exactly
+the readings below it. That is the invariant checkpoints and replays rely on.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from models.ensemble import NowcastEnsemble
+from models.params import ProcessorParams
+from models.processor import GridProcessor, ProcessResult
+from schemas.batch import ForecastBatch, ReadingBatch
+
+TaskId = tuple[str, int]  # (topic, partition)
+
+
+@dataclass(slots=True)
+class Task:
+    """One partition's core and how far into the partition its state reaches."""
+
+    processor: GridProcessor
+    position: int = -1  # next offset not yet reflected in the state; -1: nothing seen
+    checkpointed: int = -1  # position of the last checkpoint written for this task
+
+
+class TaskSet:
+    """The tasks of the partitions a worker holds; looks like one processor to the monitor."""
+
+    def __init__(
+        self, params: ProcessorParams | None = None, ensemble: NowcastEnsemble | None = None
+    ) -> None:
+        self.params = params or ProcessorParams()
+        self._ensemble = ensemble
+        self.tasks: dict[TaskId, Task] = {}
+        self._proto = GridProcessor(self.params, ensemble=ensemble)  # versions before any task
+
+    # -- what the monitor reads ---------------------------------------------------------------
+    @property
+    def entities(self) -> int:
+        return sum(t.processor.entities for t in self.tasks.values())
+
+    @property
+    def model_versions(self) -> dict[str, str]:
+        return dict(self._proto.model_versions)
+
+    @property
+    def model(self) -> str:
+        return self._proto.model
+
+    def set_ensemble(self, ensemble: NowcastEnsemble | None) -> None:
+        """Hot reload: every task and every task created later serves ``ensemble``."""
+        self._ensemble = ensemble
+        self._proto.set_ensemble(ensemble)
+        for task in self.tasks.values():
+            task.processor.set_ensemble(ensemble)
+
+    # -- tasks --------------------------------------------------------------------------------
+    def new_processor(self) -> GridProcessor:
+        return GridProcessor(self.params, ensemble=self._ensemble)
+
+    def adopt(self, tid: TaskId, processor: GridProcessor, position: int) -> Task:
+        """Install ``processor`` (fresh or restored) as the task of ``tid``."""
+        processor.set_ensemble(self._ensemble)
+        task = Task(processor, position)
+        self.tasks[tid] = task
+        return task
+
+    def task(self, tid: TaskId) -> Task:
+        task = self.tasks.get(tid)
+        if task is None:
+            task = self.adopt(tid, self.new_processor(), -1)
+        return task
+
+    def pop(self, tid: TaskId) -> Task | None:
+        return self.tasks.pop(tid, None)
+
+    # -- processing ---------------------------------------------------------------------------
+    def process(
+        self,
+        batch: ReadingBatch,
+        task_of_row: np.ndarray,
+        tids: list[TaskId],
+        now_ms: int,
+        replay_rows: np.ndarray | None = None,
+    ) -> tuple[ProcessResult, int]:
+        """Process each task's rows on its own core; one result indexed like ``batch``.
+
+        Rows flagged in ``replay_rows`` rebuild state only: they are processed before the task's
+        other rows (they precede them in the partition) and their outputs are dropped, because
+        they were published before the crash or move that made the replay necessary. Returns the
+        merged result and the number of rows replayed.
+        """
+        parts: list[tuple[np.ndarray, ProcessResult]] = []
+        replayed = 0
+        for t in np.unique(task_of_row):
+            proc = self.task(tids[int(t)]).processor
+            mine = task_of_row == t
+            if replay_rows is not None:
+                again = mine & replay_rows
+                if again.any():
+                    proc.process_batch(batch.take(again), now_ms)
+                    replayed += int(again.sum())
+                    mine &= ~replay_rows
+            rows = np.flatnonzero(mine)
+            if rows.size:
+                parts.append((rows, proc.process_batch(batch.take(rows), now_ms)))
+        return merge_results(parts, len(batch), self.model), replayed
+
+
+def merge_results(
+    parts: list[tuple[np.ndarray, ProcessResult]], n: int, model: str
+) -> ProcessResult:
+    """One ``ProcessResult`` for a batch of ``n`` rows from the results of row subsets."""
+    if len(parts) == 1 and parts[0][0].size == n:
+        return parts[0][1]
+    merged = ProcessResult(
+        forecasts=ForecastBatch.empty(model),
+        anomalies=[],
+        rejections=[],
+        score=np.full(n, np.nan),
+        severity=np.full(n, -1, dtype=np.int64),
+        expected=np.full(n, np.nan),
+        forecast_rows=np.empty(0, dtype=np.int64),
+        residual_z=np.full(n, np.nan),
+        counters=Counter(),
+    )
+    forecast_parts: list[ForecastBatch] = []
+    forecast_rows: list[np.ndarray] = []
+    for rows, res in parts:
+        merged.score[rows] = res.score
+        merged.severity[rows] = res.severity
+        merged.expected[rows] = res.expected
+        if res.residual_z.size:
+            merged.residual_z[rows] = res.residual_z
+        merged.anomalies.extend(res.anomalies)
+        merged.rejections.extend(res.rejections)
+        merged.drift_events.extend(res.drift_events)
+        merged.counters.update(res.counters)
+        for name, seconds in res.timings.items():
+            merged.timings[name] = merged.timings.get(name, 0.0) + seconds
+        if len(res.forecasts):
+            forecast_parts.append(res.forecasts)
+            forecast_rows.append(rows[res.forecast_rows])
+    merged.rejections.sort(key=lambda r: r.src_index)
+    if forecast_parts:
+        merged.forecasts = concat_forecasts(forecast_parts)
+        merged.forecast_rows = np.concatenate(forecast_rows)
+    return merged
+
+
+def concat_forecasts(parts: list[ForecastBatch]) -> ForecastBatch:
+    """Forecast batches of one model set joined end to end."""
+    if len(parts) == 1:
+        return parts[0]
+    columns = {
+        f.name: np.concatenate([getattr(p, f.name) for p in parts])
+        for f in fields(ForecastBatch)
+        if f.name != "model"
+    }
+    return ForecastBatch(**columns, model=parts[0].model)
