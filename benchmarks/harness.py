@@ -1,23 +1,25 @@
-"""``gridstream bench``: throughput of the pipeline against the machine's own ceiling, in one run.
+"""``gridstream bench``: throughput, latency, memory and scaling of the pipeline, in one run.
 
-On a fresh embedded broker, the same simulated readings are measured three ways:
+On a fresh embedded broker, with the same simulated readings:
 1. ceiling: raw confluent-kafka batch consume + orjson decode, readings/s;
-2. pipeline: ``gridstream run``'s loop (validate, windows, detectors, fusion, forecasts and
-   anomalies produced and acknowledged, ClickHouse writes in chDB, commits), readings/s, and its
-   ratio to the ceiling;
-3. core: the same readings decoded and processed in memory (no Kafka), readings/s.
-Then the resident memory of the core with 100k active entities (a subprocess, so other runs do not
-count). Compare ratios, not absolute numbers: the machines are small and shared.
-
-Not measured yet (reported as null with a reason): latency at fixed offered rates, scaling over
-processes. The faust-streaming and Quix Streams peers and the faust engine: faust_reference.py.
+2. pipeline: ``gridstream run``'s loop in this process (validate, windows, detectors, fusion,
+   forecasts and anomalies produced and acknowledged, ClickHouse writes in chDB, commits, the run
+   command's GC policy), readings/s, and its ratio to the ceiling;
+3. core: decode + the core in memory, readings/s, and every stage in µs per reading
+   (``benchmarks.stages``: JSON parse, validation, the core's parts, encoding, ClickHouse);
+4. latency (``benchmarks.latency``): produce -> output event at 1k/s, 10k/s and a burst, against
+   a separate ``gridstream run`` process, with chDB and with ClickHouse off;
+5. memory (``benchmarks.memory``): RSS with 1k/10k/100k warm entities and over a long run;
+6. scaling (``benchmarks.scaling``): 1 and 2 processes in one consumer group.
+7. peers (``benchmarks.faust_reference``): the faust-streaming and Quix Streams references and
+   ``--engine faust``, on the same readings. Compare
+ratios within one run, not absolute numbers across runs: the machines are small and shared.
 """
 
 from __future__ import annotations
 
 import json
 import resource
-import subprocess
 import sys
 import tempfile
 import threading
@@ -27,14 +29,18 @@ from pathlib import Path
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
+from benchmarks import latency, memory, scaling
+from benchmarks.stages import STAGES, stage_loop
 from models.processor import GridProcessor
 from schemas.decode import decode_batch
+from sinks.clickhouse import ClickHouseSink
 from sinks.clickhouse_backend import ChdbBackend
 from streams.broker import EmbeddedBroker
 from streams.config import ClickHouseSettings, KafkaSettings, Settings, TopicSettings
 from streams.runner import StreamRunner, ensure_topics
 from streams.simulation import SimConfig, TelemetrySimulator
 from streams.wiring import clickhouse_sink
+from streams.workers import gc_policy
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DAY_MS = 86_400_000
@@ -120,7 +126,6 @@ def pipeline(bootstrap: str, topics: TopicSettings, n: int, chdb: Path) -> dict[
             group_id=f"bench-{time.time_ns()}",
             partitions=PARTITIONS,
             batch_size=10_000,
-            batch_timeout_s=0.2,
             session_timeout_ms=6000,
         ),
         topics=topics,
@@ -148,10 +153,11 @@ def pipeline(bootstrap: str, topics: TopicSettings, n: int, chdb: Path) -> dict[
         settings, GridProcessor(settings.processing.params()), sink, on_batch=on_batch
     )
     thread = threading.Thread(target=runner.run, args=(done,), daemon=True)
-    thread.start()
-    if not done.wait(900):
-        raise RuntimeError(f"pipeline: {consumed[0]} of {n} records processed in 15 minutes")
-    thread.join(60)
+    with gc_policy():  # as `gridstream run` does
+        thread.start()
+        if not done.wait(900):
+            raise RuntimeError(f"pipeline: {consumed[0]} of {n} records processed in 15 minutes")
+        thread.join(60)
     backend.close()
     seconds = marks[-1] - marks[0]
     return {
@@ -184,46 +190,67 @@ def core(values: list[bytes], batch: int = 10_000) -> dict[str, float]:
     return {"rps": n / (t_decode + t_core), "decode_rps": n / t_decode, "core_only_rps": n / t_core}
 
 
-_RSS_SCRIPT = """
-import time, numpy as np
-from models.processor import GridProcessor
-from schemas.batch import ReadingBatch
+def stages_us(values: list[bytes], chdb: Path, batch: int = 10_000) -> dict[str, float]:
+    """µs per reading of every stage (``benchmarks.stages``), with chDB on ``chdb``.
 
-def status(field):  # /proc, not getrusage: ru_maxrss survives exec and reports the parent's peak
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024.0
-
-base_rss = status("VmRSS")
-n, steps = {entities}, 20
-proc = GridProcessor()
-ids = np.array([f"m{{i:07d}}" for i in range(n)], dtype=object)
-kinds = np.array(["meter"] * n, dtype=object)
-nan = np.full(n, np.nan)
-base = int(time.time() * 1000) - steps * 900_000
-rng = np.random.default_rng(0)
-for k in range(steps):
-    ts = np.full(n, base + k * 900_000, dtype=np.int64)
-    v = 1.0 + 0.1 * rng.standard_normal(n)
-    b = ReadingBatch(ids, kinds, ts, v, nan, 230.0 + nan * 0, nan, nan, nan,
-                     np.full(n, None, dtype=object), np.arange(n))
-    proc.process_batch(b, int(ts[0]))
-peak = status("VmHWM")
-print(peak, proc.state.nbytes() / 1e6, base_rss)
-"""
+    ``json_parse`` is ``orjson.loads`` alone (what the ceiling pays); ``validate`` is the rest of
+    the decoder (type and range checks, columns).
+    """
+    n = len(values)
+    started = time.perf_counter()
+    for v in values:
+        orjson.loads(v)
+    parse = time.perf_counter() - started
+    backend = ChdbBackend(chdb)
+    try:
+        sink = ClickHouseSink(backend, "stages")
+        sink.ensure_schema()
+        with gc_policy():
+            t = stage_loop(values, ["meter"] * n, int(time.time() * 1000), batch, sink)
+    finally:
+        backend.close()
+    out = {"json_parse": parse, "validate": t["decode"] - parse,
+           **{k: t[k] for k in STAGES if k != "decode"}}
+    us = {k: round(1e6 * v / n, 2) for k, v in out.items()}
+    us["total"] = round(sum(us.values()), 2)
+    return us
 
 
-def rss_mb(entities: int) -> dict[str, float]:
-    """Peak RSS (MB) of a process whose core holds ``entities`` warm entities."""
-    out = subprocess.run(
-        [sys.executable, "-c", _RSS_SCRIPT.format(entities=entities)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    )
-    peak, state, base = (float(x) for x in out.stdout.split())
-    return {"rss_mb": peak, "state_mb": state, "imports_mb": base}
+def _summary(report: dict[str, object]) -> list[tuple[str, str]]:
+    """The short table printed at the end: the headline keys and what they mean."""
+    lat = report["latency"]["chdb"]  # type: ignore[index]
+    kafka = report["latency"]["kafka_only"]  # type: ignore[index]
+    mem = report["memory"]  # type: ignore[index]
+    sc = report["scaling"]  # type: ignore[index]
+
+    def pct(block: dict[str, object]) -> str:
+        return f"p50 {block['p50_ms']} / p95 {block['p95_ms']} / p99 {block['p99_ms']} / " \
+               f"max {block['max_ms']} ms"
+
+    rows = [
+        ("ceiling_rps", f"{report['ceiling_rps']:,}"),
+        ("pipeline_rps", f"{report['pipeline_rps']:,} ({report['pipeline_to_ceiling']:.3f} of "
+                         "the ceiling)"),
+        ("core_rps", f"{report['core_rps']:,}"),
+        ("stages µs/reading", ", ".join(f"{k} {v}" for k, v in report["stages_us"].items())),  # type: ignore[attr-defined]
+        ("p99_latency_ms", f"{report['p99_latency_ms']} (10k/s, chDB)"),
+    ]
+    for name, block in (("chdb", lat), ("kafka_only", kafka)):
+        for phase in ("1000_per_s", "10000_per_s", "burst"):
+            rows.append((f"latency {name} {phase}", pct(block[phase])))
+    rows += [
+        ("rss_mb_1k/10k/100k", " / ".join(
+            str(mem["by_entities"][k]["rss_mb"]) for k in ("1000", "10000", "100000"))),
+        ("long run", f"{mem['long_run']['readings']:,} readings: {mem['long_run']['rss_mb_half']}"
+                     f" -> {mem['long_run']['rss_mb_end']} MB, slope "
+                     f"{mem['long_run']['slope_mb_per_million_readings']} MB per 1M readings"),
+    ]
+    for shape in ("chdb", "workers"):
+        s = sc[shape]
+        rows.append((f"scaling {shape}", f"1 proc {s['1']['rps']:,}/s, 2 procs {s['2']['rps']:,}"
+                                         f"/s (x{s['ratio_2_to_1']})"))
+    rows.append(("faust_rps", "null (built in another worktree)"))
+    return rows
 
 
 def run(quick: bool = False, json_path: Path | None = None) -> dict[str, object]:
@@ -238,7 +265,8 @@ def run(quick: bool = False, json_path: Path | None = None) -> dict[str, object]
         dead_letters="bench.deadletter",
     )
     report: dict[str, object] = {"readings": n, "meters": meters, "quick": quick}
-    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
+    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
         settings = Settings(
             kafka=KafkaSettings(bootstrap_servers=broker.bootstrap, partitions=PARTITIONS),
             topics=topics,
@@ -246,26 +274,34 @@ def run(quick: bool = False, json_path: Path | None = None) -> dict[str, object]
         ensure_topics(settings)
         _produce(broker.bootstrap, topics.meter, values)
         report["ceiling_rps"] = round(ceiling(broker.bootstrap, topics.meter, n))
-        pipe = pipeline(broker.bootstrap, topics, n, Path(tmp) / "chdb")
+        pipe = pipeline(broker.bootstrap, topics, n, tmp / "chdb")
         report["pipeline_rps"] = round(pipe["rps"])
         report["pipeline_batches"] = int(pipe["batches"])
-        from benchmarks.faust_reference import peer_figures  # issue 6: faust/Quix peers
+        report["pipeline_to_ceiling"] = round(pipe["rps"] / report["ceiling_rps"], 4)  # type: ignore[operator]
+        with gc_policy():
+            c = core(values)
+        report["core_rps"] = round(c["rps"])
+        report["stages_us"] = stages_us(values, tmp / "chdb")
+        seconds, burst = (3.0, 10_000) if quick else (10.0, 30_000)
+        lat = {
+            "chdb": latency.measure(broker.bootstrap, tmp, seconds=seconds, burst=burst),
+            "kafka_only": latency.measure(broker.bootstrap, tmp, seconds=seconds, burst=burst,
+                                          clickhouse=False),
+        }
+        report["latency"] = lat
+        report["p99_latency_ms"] = lat["chdb"]["10000_per_s"]["p99_ms"]  # type: ignore[index]
+        report["scaling"] = scaling.measure(broker.bootstrap, tmp, values[: n // 2])
+        from benchmarks.faust_reference import peer_figures  # faust/Quix peers, same readings
 
         report.update(peer_figures(broker.bootstrap, topics.model_dump(exclude={"labels"}), n,
                                    Path(tmp), PARTITIONS, quick, report["pipeline_rps"]))
-    report["pipeline_to_ceiling"] = round(report["pipeline_rps"] / report["ceiling_rps"], 4)  # type: ignore[operator]
-    c = core(values)
-    report["core_rps"] = round(c["rps"])
-    report["core_stages_rps"] = {
-        "decode": round(c["decode_rps"]),
-        "core": round(c["core_only_rps"]),
+    by_entities = memory.rss_by_entities()
+    report["memory"] = {
+        "by_entities": by_entities,
+        "long_run": memory.long_run(*((5000, 100) if quick else (10_000, 400))),
     }
-    mem = rss_mb(10_000 if quick else 100_000)
-    report["rss_mb_100k_entities" if not quick else "rss_mb_10k_entities"] = round(mem["rss_mb"], 1)
-    report["state_mb"] = round(mem["state_mb"], 1)
-    report["rss_mb_after_imports"] = round(mem["imports_mb"], 1)
-    report["p99_latency_ms"] = None
-    report["latency_error"] = "not measured yet: fixed-rate latency runs are still to be built"
+    for k in ("1000", "10000", "100000"):
+        report[f"rss_mb_{int(k) // 1000}k_entities"] = by_entities[k]["rss_mb"]  # type: ignore[index]
     report["bench_process_peak_rss_mb"] = round(
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1
     )
@@ -282,11 +318,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="about a minute: 500 meters, 2 days")
     ap.add_argument("--json", type=Path, default=RESULTS / "bench.json")
     args = ap.parse_args(argv)
+    started = time.perf_counter()
     report = run(args.quick, args.json)
-    width = max(len(k) for k in report)
-    for key, value in report.items():
+    rows = _summary(report)
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
         print(f"{key:<{width}}  {value}")
-    print(f"wrote {args.json}")
+    print(f"wrote {args.json} in {time.perf_counter() - started:.0f} s")
     return 0
 
 

@@ -8,6 +8,8 @@ Dead letters keep the original value bytes and key unchanged and carry their con
 
 from __future__ import annotations
 
+from functools import partial
+from itertools import repeat
 from typing import NamedTuple
 
 import numpy as np
@@ -35,10 +37,28 @@ class OutRecord(NamedTuple):
     headers: Headers
 
 
+# OutRecord from a (key, value, headers) tuple without the Python-level __new__ (0.25 -> 0.12 µs)
+_out_record = partial(tuple.__new__, OutRecord)
+
+
 def rfc3339_ms(ts_ms: np.ndarray) -> np.ndarray:
-    """Vectorised epoch ms -> '2024-05-01T12:00:00.000Z' strings."""
-    text = np.datetime_as_string(ts_ms.astype("datetime64[ms]"), unit="ms")
-    return np.char.add(text.astype(str), "Z")
+    """Vectorised epoch ms -> '2024-05-01T12:00:00.000Z' strings.
+
+    Formats each distinct time once (readings of many meters share their interval times, and
+    every horizon of a reading shares its issue time) and appends the "Z" by copying characters
+    into a wider array: ``np.char.add`` cost 0.5 µs per string, more than the formatting.
+    """
+    uniq, inverse = np.unique(np.asarray(ts_ms, dtype=np.int64), return_inverse=True)
+    text = np.datetime_as_string(uniq.astype("datetime64[ms]"), unit="ms")
+    lengths = np.char.str_len(text)
+    if len(uniq) == 0 or lengths.min() != lengths.max():  # mixed widths: the plain way
+        return np.char.add(text.astype(str), "Z")[inverse]
+    width = int(lengths[0])
+    out = np.empty(len(uniq), dtype=f"<U{width + 1}")
+    chars = out.view("<U1").reshape(len(uniq), width + 1)
+    chars[:, :width] = text.astype(f"<U{width}").view("<U1").reshape(len(uniq), width)
+    chars[:, width] = "Z"
+    return out[inverse]
 
 
 def iso_ms(ts_ms: int) -> str:
@@ -77,7 +97,7 @@ def encode_forecasts(batch: ForecastBatch) -> list[OutRecord]:
     ]
     values = _dump_each(docs, b'{"entity_id":')
     keys = [e.encode() for e in entity]
-    return [OutRecord(keys[i], values[i], FORECAST_HEADERS) for i in range(n)]
+    return list(map(_out_record, zip(keys, values, repeat(FORECAST_HEADERS))))
 
 
 def _dump_each(docs: list[dict[str, object]], head: bytes) -> list[bytes]:

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from functools import partial
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from sinks.encode import OutRecord
 from sinks.exceptions import SinkError
@@ -44,11 +43,12 @@ class TopicSink:
         self.redelivered = 0
         self._failed: list[tuple[str, OutRecord, KafkaError]] = []
 
-    def _on_delivery(
-        self, item: tuple[str, OutRecord], err: KafkaError | None, _msg: object
-    ) -> None:
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        # One bound method for every record (a closure per record cost an allocation each); a
+        # failed record is rebuilt from the message, which carries topic, key, value, headers.
         if err is not None:
-            self._failed.append((item[0], item[1], err))
+            rec = OutRecord(msg.key(), msg.value() or b"", list(msg.headers() or []))
+            self._failed.append((msg.topic() or "", rec, err))
 
     def _produce(self, topic: str, records: Sequence[OutRecord]) -> None:
         produce = self.producer.produce
@@ -57,13 +57,7 @@ class TopicSink:
         for i, rec in enumerate(records):
             while True:
                 try:
-                    produce(
-                        topic,
-                        rec.value,
-                        rec.key,
-                        headers=rec.headers,
-                        on_delivery=partial(cb, (topic, rec)),
-                    )
+                    produce(topic, rec.value, rec.key, headers=rec.headers, on_delivery=cb)
                     break
                 except BufferError:
                     poll(0.05)  # local queue full: serve delivery reports, then retry

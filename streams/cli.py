@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
 import sys
 import threading
 import time
@@ -54,18 +55,43 @@ def _stop_on_signals() -> threading.Event:
 
 
 # -- commands ----------------------------------------------------------------------------------
+def _per_worker(settings: Settings, index: int) -> Settings:
+    """Worker ``index`` of ``--workers`` gets its own transactional id: the same id fences."""
+    k = settings.kafka
+    if k.processing_guarantee != "exactly_once":
+        return settings
+    base = k.transactional_id or f"{k.group_id}-{socket.gethostname()}"
+    kafka = k.model_copy(update={"transactional_id": f"{base}-{index}"})
+    return settings.model_copy(update={"kafka": kafka})
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from models.processor import GridProcessor
     from streams.http import start_http_server
     from streams.monitor import Monitor
     from streams.runner import StreamRunner
     from streams.tasks import TaskSet
     from streams.wiring import clickhouse_sink
+    from streams.workers import check_workers, gc_policy, run_workers, tag_logs
 
     port = getattr(args, "http_port", None)
     settings = load_settings(args.config, **({} if port is None else {"http_port": port}))
+    workers = getattr(args, "workers", 1)
+    check_workers(settings, workers)
     _setup_logging(settings.log_level, settings.log_format, _secrets(settings))
+    index = getattr(args, "worker_index", None)
+    if workers > 1 and index is None:  # the supervising parent
+        return run_workers(settings, workers, args.config)
+    if index is not None:
+        tag_logs(index)
+        settings = _per_worker(settings, index)
     stop = _stop_on_signals()
-    processor = TaskSet(settings.processing.params())  # one core per assigned partition
+    engine = getattr(args, "engine", "native")
+    processor: TaskSet | GridProcessor = (
+        GridProcessor(settings.processing.params())  # faust: one core for the worker
+        if engine == "faust"
+        else TaskSet(settings.processing.params())  # native: one core per assigned partition
+    )
     monitor = Monitor(processor, clickhouse_enabled=settings.clickhouse.backend != "none")
     server = None
     if settings.http_port:  # up before the slow start-up steps: /health says "starting"
@@ -77,7 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if sink is not None:
             sink.ensure_schema()
             monitor.health.clickhouse_connected()
-        if getattr(args, "engine", "native") == "faust":  # same core in a faust worker
+        if isinstance(processor, GridProcessor):  # --engine faust: same core in a faust worker
             from streams.faust_engine import FaustEngine
 
             runner = FaustEngine(settings, processor, sink, monitor=monitor)
@@ -86,7 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.info(
             "gridstream run (%s engine): kafka %s (%s) group %s, inputs %s + %s, clickhouse %s, "
             "http %s",
-            getattr(args, "engine", "native"),
+            engine,
             settings.kafka.bootstrap_servers,
             settings.kafka.security_protocol,
             settings.kafka.group_id,
@@ -95,7 +121,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             settings.clickhouse.backend,
             settings.http_port or "off",
         )
-        stats = runner.run(stop)
+        with gc_policy():  # after start-up: what it allocated is frozen out of the GC's sight
+            stats = runner.run(stop)
         log.info("stopped after %d batches: %s", stats.batches, dict(stats.counters))
     finally:
         if server is not None:
@@ -298,6 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="port of /health, /metrics, /models (default $GRIDSTREAM_HTTP_PORT or 8000; 0 = off)",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes in one consumer group (default 1); worker i serves HTTP on port + i; "
+        "not with embedded chDB",
+    )
+    p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument(
         "--engine",
         choices=["native", "faust"],

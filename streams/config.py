@@ -45,7 +45,16 @@ class KafkaSettings(_Section):
     ssl_certificate_location: str | None = None
     ssl_key_location: str | None = None
     batch_size: int = Field(5000, ge=1, le=100_000, description="max readings per batch")
-    batch_timeout_s: float = Field(0.25, gt=0, le=60, description="max wait to fill a batch")
+    batch_timeout_s: float = Field(
+        0.02, gt=0, le=60, description="max wait to fill a batch; short keeps latency low"
+    )
+    fetch_wait_max_ms: int = Field(
+        10,
+        ge=0,
+        le=300_000,
+        description="longest a fetch waits at the broker for data (librdkafka's default, 500, "
+        "adds up to that much latency at low rates); GRIDSTREAM_KAFKA__EXTRA overrides it",
+    )
     create_topics: bool = True
     partitions: int = Field(6, ge=1, le=10_000, description="partitions of created topics")
     replication_factor: int = Field(1, ge=1, le=16)

@@ -151,6 +151,7 @@ class StreamRunner:
         k = self.settings.kafka
         return {
             **self.monitor.kafka_config("consumer"),
+            "fetch.wait.max.ms": k.fetch_wait_max_ms,  # a default: EXTRA may override it
             **k.client_config(),
             "group.id": k.group_id,
             "enable.auto.commit": False,

@@ -1,0 +1,40 @@
+"""The pure parts of ``gridstream run --workers N``: what is refused, each worker's command line,
+and the GC policy being undone after the loop."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import pytest
+
+from streams.config import ClickHouseSettings, ConfigError, load_settings
+from streams.workers import GC_GEN0_THRESHOLD, check_workers, gc_policy, worker_command
+
+
+def test_embedded_chdb_is_refused_for_more_than_one_worker(tmp_path: Path) -> None:
+    chdb = load_settings(clickhouse=ClickHouseSettings(path=tmp_path / "ch"))
+    check_workers(chdb, 1)
+    with pytest.raises(ConfigError, match="GRIDSTREAM_CLICKHOUSE__BACKEND=chdb"):
+        check_workers(chdb, 2)
+    check_workers(load_settings(clickhouse=ClickHouseSettings(backend="none")), 4)
+    check_workers(load_settings(clickhouse=ClickHouseSettings(backend="server")), 4)
+    with pytest.raises(ConfigError, match="at least 1"):
+        check_workers(chdb, 0)
+
+
+def test_each_worker_gets_its_own_http_port_and_index() -> None:
+    cmd = worker_command(2, 3, 8000, "conf.toml")
+    assert cmd[-9:] == ["--config", "conf.toml", "run", "--http-port", "8002", "--worker-index",
+                        "2", "--workers", "3"]
+    assert worker_command(1, 2, 0, None)[-6:] == ["--http-port", "0", "--worker-index", "1",
+                                                  "--workers", "2"]
+
+
+def test_gc_policy_is_undone_after_the_loop() -> None:
+    before = gc.get_threshold()
+    with gc_policy():
+        assert gc.get_threshold()[0] == GC_GEN0_THRESHOLD
+        assert gc.get_freeze_count() > 0
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
