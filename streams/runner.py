@@ -355,7 +355,7 @@ class StreamRunner:
             c[f"dead_letter_{r.error_class}"] += 1
         self.stats.batches += 1
         if result.counters.get("dropped_duplicate"):
-            log.info("dropped %d exact duplicates", result.counters["dropped_duplicate"])
+            log.debug("dropped %d exact duplicates", result.counters["dropped_duplicate"])
         t = self.settings.topics
         report = BatchReport(
             consumed=len(good),
