@@ -249,7 +249,12 @@ def _summary(report: dict[str, object]) -> list[tuple[str, str]]:
         s = sc[shape]
         rows.append((f"scaling {shape}", f"1 proc {s['1']['rps']:,}/s, 2 procs {s['2']['rps']:,}"
                                          f"/s (x{s['ratio_2_to_1']})"))
-    rows.append(("faust_rps", "null (built in another worktree)"))
+    rows.append(("faust_rps", f"{report.get('faust_rps')} (faust-streaming reference; native "
+                              f"pipeline x{report.get('pipeline_to_faust')})"))
+    rows.append(("faust_engine_rps", f"{report.get('faust_engine_rps')} (--engine faust)"))
+    quix = report.get("quix_rps")
+    why = f"null: {report.get('quix_error')}"
+    rows.append(("quix_rps", f"{quix} (Quix Streams reference)" if quix is not None else why))
     return rows
 
 
