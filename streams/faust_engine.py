@@ -34,7 +34,6 @@ import ssl
 import tempfile
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -50,7 +49,14 @@ from sinks.exceptions import SinkError
 from sinks.topics import TopicSink
 from streams.config import ConfigError, Settings
 from streams.monitor import NullMonitor, RunnerMonitor
-from streams.runner import BatchReport, RunStats, StreamRunner, _accepted, ensure_topics
+from streams.runner import (
+    BatchReport,
+    RunStats,
+    StreamRunner,
+    _accepted,
+    ensure_topics,
+    record_batch,
+)
 
 log = logging.getLogger("gridstream.faust")
 
@@ -257,31 +263,16 @@ class FaustEngine:
         self._deliver(result, dead, now_ms, _accepted(readings, result))
         published_ms = int(self.clock() * 1000)
         t_end = time.perf_counter()
-        c = self.stats.counters
-        c.update(result.counters)
-        c["consumed"] += len(messages)
-        c["dead_letters"] += len(dead)
-        for r in rejections:
-            c[f"dead_letter_{r.error_class}"] += 1
-        self.stats.batches += 1
-        t = self.settings.topics
-        report = BatchReport(
+        report = record_batch(
+            self.stats,
+            self.settings.topics,
             consumed=len(messages),
-            readings=len(readings),
-            dead_letters=len(dead),
-            forecasts=len(result.forecasts),
-            anomalies=len(result.anomalies),
-            duration_s=t_end - started,
-            counters=result.counters,
-            readings_batch=readings,
+            topics_of_records=[m.topic for m in messages],
+            readings=readings,
             result=result,
-            consumed_by_topic=dict(Counter(m.topic for m in messages)),
-            produced={
-                t.forecasts: len(result.forecasts),
-                t.anomalies: len(result.anomalies),
-                t.dead_letters: len(dead),
-            },
-            dead_letter_reasons=Counter(r.error_class for r in rejections),
+            dead=len(dead),
+            rejections=rejections,
+            duration_s=t_end - started,
             stage_s={
                 "decode": t_process - started,
                 "process": t_deliver - t_process,
@@ -311,8 +302,11 @@ class FaustEngine:
             try:
                 if not written_ch:
                     rows = len(result.forecasts) + len(result.anomalies) + len(dead)
-                    self._timed("clickhouse", rows, lambda: self._write_clickhouse(
-                        result, dead, now_ms, accepted))
+                    self._timed(
+                        "clickhouse",
+                        rows,
+                        lambda: self._write_clickhouse(result, dead, now_ms, accepted),
+                    )
                     written_ch = True
                 rows = sum(len(records) for _, records in outputs)
                 self._timed("kafka", rows, lambda: topics.publish(outputs))

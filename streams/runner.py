@@ -38,7 +38,7 @@ from sinks.exceptions import SinkError
 from sinks.topics import TopicSink
 from sinks.transactions import TransactionalTopics
 from streams.checkpoints import CheckpointStore
-from streams.config import Settings
+from streams.config import Settings, TopicSettings
 from streams.failpoints import Failpoints
 from streams.monitor import NullMonitor, RunnerMonitor
 from streams.recovery import PartitionStates
@@ -347,33 +347,18 @@ class StreamRunner:
         self.states.advance(route.positions)
         self.states.checkpoint_one_due()
         t_end = time.perf_counter()
-        c = self.stats.counters
-        c.update(result.counters)
-        c["consumed"] += len(good) - replayed_records
-        c["dead_letters"] += len(dead)
-        for r in rejections:
-            c[f"dead_letter_{r.error_class}"] += 1
-        self.stats.batches += 1
         if result.counters.get("dropped_duplicate"):
             log.debug("dropped %d exact duplicates", result.counters["dropped_duplicate"])
-        t = self.settings.topics
-        report = BatchReport(
-            consumed=len(good),
-            readings=len(readings),
-            dead_letters=len(dead),
-            forecasts=len(result.forecasts),
-            anomalies=len(result.anomalies),
-            duration_s=t_end - started,
-            counters=result.counters,
-            readings_batch=readings,
+        report = record_batch(
+            self.stats,
+            self.settings.topics,
+            consumed=len(good) - replayed_records,
+            topics_of_records=[m.topic() for m in good],
+            readings=readings,
             result=result,
-            consumed_by_topic=dict(Counter(m.topic() for m in good)),
-            produced={
-                t.forecasts: len(result.forecasts),
-                t.anomalies: len(result.anomalies),
-                t.dead_letters: len(dead),
-            },
-            dead_letter_reasons=Counter(r.error_class for r in rejections),
+            dead=len(dead),
+            rejections=rejections,
+            duration_s=t_end - started,
             stage_s={
                 "decode": t_process - t_decode,
                 "process": t_deliver - t_process,
@@ -381,8 +366,8 @@ class StreamRunner:
                 "commit": t_end - t_commit,
             },
             published_ms=published_ms,
-            state_events={**self.states.counters, "replayed": c["replayed"]},
         )
+        report.state_events = {**self.states.counters, "replayed": self.stats.counters["replayed"]}
         self.monitor.batch_done(report, self._consumer)
         if self.on_batch is not None:
             self.on_batch(report)
@@ -523,6 +508,50 @@ class _Routing:
             for t, tid in enumerate(self.tids)
             if self._live_end[t] >= 0 and tid in assigned
         ]
+
+
+def record_batch(
+    stats: RunStats,
+    topics: TopicSettings,
+    *,
+    consumed: int,
+    topics_of_records: list[str],
+    readings: ReadingBatch,
+    result: ProcessResult,
+    dead: int,
+    rejections: list[Rejection],
+    duration_s: float,
+    stage_s: dict[str, float],
+    published_ms: int,
+) -> BatchReport:
+    """Count a finished batch into ``stats`` and describe it for monitors (both engines)."""
+    c = stats.counters
+    c.update(result.counters)
+    c["consumed"] += consumed
+    c["dead_letters"] += dead
+    for r in rejections:
+        c[f"dead_letter_{r.error_class}"] += 1
+    stats.batches += 1
+    return BatchReport(
+        consumed=len(topics_of_records),
+        readings=len(readings),
+        dead_letters=dead,
+        forecasts=len(result.forecasts),
+        anomalies=len(result.anomalies),
+        duration_s=duration_s,
+        counters=result.counters,
+        readings_batch=readings,
+        result=result,
+        consumed_by_topic=dict(Counter(topics_of_records)),
+        produced={
+            topics.forecasts: len(result.forecasts),
+            topics.anomalies: len(result.anomalies),
+            topics.dead_letters: dead,
+        },
+        dead_letter_reasons=Counter(r.error_class for r in rejections),
+        stage_s=stage_s,
+        published_ms=published_ms,
+    )
 
 
 def _accepted(readings: ReadingBatch, result: ProcessResult) -> ReadingBatch:
