@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.params import ProcessorParams
+from models.state import NO_TS
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,9 @@ class Observed:
     chan_vals: np.ndarray
     cpos: np.ndarray
     cneg: np.ndarray
+    tod_scale: np.ndarray  # the bucket's residual scale before this reading (resid_prof)
+    wbucket: np.ndarray  # hour of the week
+    week_dev: np.ndarray  # that hour's weekly departure before this reading (week_dev)
 
 
 def learn(p: ProcessorParams, c: dict[str, np.ndarray], o: Observed) -> None:
@@ -62,6 +66,27 @@ def learn(p: ProcessorParams, c: dict[str, np.ndarray], o: Observed) -> None:
     rate = np.maximum(1.0 / (n_b + 1.0), p.profile_rate)
     c["profile"][s, bucket] = np.where(prof_seen, prof + rate * (learn_v - prof), v)
     c["profile_n"][s, bucket] = np.minimum(n_b + 1, 65535).astype(np.uint16)
+    tod = o.tod_scale
+    c["resid_prof"][s, bucket] = np.where(
+        warm,
+        _robust_scale(tod, np.abs(resid), rate, warm & (n_b >= p.seasonal_min_days)),
+        tod,
+    )
+    # Weekly profile: departures from a trusted time-of-day profile, per hour of the week,
+    # winsorised like the profile; one week carries ``weekly_rate`` of the bucket's weight.
+    trusted = prof_seen & (n_b >= p.seasonal_min_days) & np.isfinite(dev_s)
+    wb, wk = o.wbucket, o.week_dev
+    w_n = c["week_n"][s, wb].astype(np.float64)
+    step_ms = c["interval_ms"][s]
+    per_hour = np.where(np.isfinite(step_ms) & (step_ms > 0), 3_600_000.0 / step_ms, 1.0)
+    w_rate = np.maximum(1.0 / (w_n + 1.0), p.weekly_rate / np.maximum(per_hour, 1.0))
+    bound = 4.0 * np.nan_to_num(sscale, nan=np.inf)
+    learn_d = np.where(np.isfinite(wk), np.clip(dev_s, wk - bound, wk + bound), dev_s)
+    c["week_dev"][s, wb] = np.where(
+        trusted, np.where(np.isfinite(wk), wk + w_rate * (learn_d - wk), dev_s), wk
+    )
+    c["week_n"][s, wb] = np.where(trusted, np.minimum(w_n + 1, 65535), w_n).astype(np.uint16)
+    c["week_start"][s] = np.where(trusted & (c["week_start"][s] == NO_TS), ts, c["week_start"][s])
     decayed = c["deviation"][s] * p.deviation_decay**steps
     c["deviation"][s] = np.where(
         prof_seen, decayed + p.deviation_rate * ((v - prof) - decayed), 0.0

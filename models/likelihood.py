@@ -11,7 +11,10 @@ online, per entity, vectorised over a round (each entity at most once), score be
   burst of noise or a changed rhythm all raise the recent error above its long-run level.
 - ``level``: the recent average *value* (or, once the time-of-day profile is trusted, the
   departure from it) against its own long-run mean and variance, two-sided: slow drift and level
-  shifts that the one-step nowcast follows too quickly to see in its residuals.
+  shifts that the one-step nowcast follows too quickly to see in its residuals. Once the entity
+  has ``weekly_min_weeks`` weeks of departures, the departure is also taken from the weekly
+  profile (per hour of the week), so weekday rhythms are not level shifts; each change of input
+  restarts its statistics, and it scores from ``lvl_min`` readings of them on.
 
 Each gives a Gaussian tail probability ``p`` and a score ``-log10(p) / lik_decades`` clipped to
 [0, 1]; a score is therefore a severity with a meaning: with ``lik_decades = 10`` the info,
@@ -77,6 +80,7 @@ def score_and_learn(
     resid: np.ndarray,
     dev_s: np.ndarray,
     prof_trusted: np.ndarray,
+    weekly: np.ndarray,
     params: ProcessorParams,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Scores of one round against the state before it, then the state updated in place.
@@ -104,8 +108,10 @@ def score_and_learn(
     lik = np.where(ready, tail_score(z_lik, p), 0.0)
     # -- level: recent mean value (or departure from the profile) over its long-run spread ------
     x = np.where(prof_trusted, dev_s, v)
-    use_dev = c["lvl_dev"][s] > 0
-    switch = prof_trusted & ~use_dev  # the profile just became trusted: restart on departures
+    old_mode = c["lvl_dev"][s]
+    mode = np.maximum(old_mode, np.where(weekly, 2, np.where(prof_trusted, 1, 0)))
+    # The profile (or the weekly profile) just became trusted: restart on the new departures.
+    switch = mode > old_mode
     lvl_short_old = np.where(switch, np.nan, c["lvl_short"][s])
     lvl_short = np.where(
         np.isfinite(lvl_short_old), lvl_short_old + p.lvl_short_rate * (x - lvl_short_old), x
@@ -115,14 +121,15 @@ def score_and_learn(
     lvl_n = np.where(switch, 0, c["lvl_n"][s])
     floor_l = 1e-3 * np.maximum(np.abs(np.nan_to_num(c["level"][s])), 1e-6)
     z_lvl = _z(lvl_short, lvl_mean, lvl_var, floor_l)
-    level = np.where(ready & (lvl_n >= p.lik_min), tail_score(np.abs(z_lvl), p), 0.0)
+    level = np.where(ready & (lvl_n >= p.lvl_min), tail_score(np.abs(z_lvl), p), 0.0)
 
     # -- learn -----------------------------------------------------------------------------------
     c["err_scale"][s] = np.where(
         np.isfinite(abs_err),
         np.where(
             scale_ok,
-            err_scale + np.maximum(1.0 / (n + 1.0), p.lik_long_rate)
+            err_scale
+            + np.maximum(1.0 / (n + 1.0), p.lik_long_rate)
             * (np.minimum(abs_err, 6.0 * err_scale) - err_scale),
             abs_err,
         ),
@@ -138,5 +145,5 @@ def score_and_learn(
         lvl_mean, lvl_var, lvl_n, lvl_short, p.lvl_long_rate, p.lik_clip
     )
     c["lvl_n"][s] = lvl_n + np.isfinite(x)
-    c["lvl_dev"][s] = (use_dev | prof_trusted).astype(np.int8)
+    c["lvl_dev"][s] = mode.astype(np.int8)
     return {"likelihood": lik, "level": level}, {"z_lik": z_lik, "z_lvl": z_lvl}

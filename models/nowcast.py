@@ -23,6 +23,11 @@ def bucket_of(ts_ms: np.ndarray, params: ProcessorParams) -> np.ndarray:
     return (ts_ms // 1000) % 86400 // params.profile_bucket_s
 
 
+def week_bucket_of(ts_ms: np.ndarray) -> np.ndarray:
+    """Hour of the week, Monday 00:00 UTC = 0 (1970-01-01 was a Thursday)."""
+    return ((ts_ms // 3_600_000) + 3 * 24) % (7 * 24)
+
+
 def steps_ahead(
     delta_ms: np.ndarray, interval_ms: np.ndarray, params: ProcessorParams
 ) -> np.ndarray:

@@ -37,6 +37,9 @@ class ProcessorParams:
     lik_decades: float = 10.0  # score = -log10(tail probability) / this: 1e-5 is 0.5 (info)
     lvl_short_rate: float = 0.2  # EWMA weight of the recent mean value for the level detector
     lvl_long_rate: float = 0.0005  # EWMA weight of its long-run mean and variance
+    lvl_min: int = 300  # readings behind the level detector's long-run statistics before it scores
+    weekly_min_weeks: int = 2  # weeks of departures before the level detector adjusts by weekday
+    weekly_rate: float = 0.3  # weight of the newest week in an hour-of-week bucket
     hst_trees: int = 15
     hst_height: int = 8
     hst_window: int = 250
@@ -86,6 +89,7 @@ class ProcessorParams:
             "lik_long_rate",
             "lvl_short_rate",
             "lvl_long_rate",
+            "weekly_rate",
         ):
             rate = getattr(self, name)
             if not 0.0 < rate <= 1.0:

@@ -29,7 +29,7 @@ from models.events import build_events
 from models.forecasting import Forecaster, Part, Recorder
 from models.learning import Observed, learn
 from models.likelihood import score_and_learn as likelihood_scores
-from models.nowcast import MODEL_VERSION, bucket_of, expected_value, steps_ahead
+from models.nowcast import MODEL_VERSION, bucket_of, expected_value, steps_ahead, week_bucket_of
 from models.online import GatedHalfSpaceTrees
 from models.params import ProcessorParams
 from models.state import NO_TS, EntityState
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from models.ensemble import NowcastEnsemble
 
 SNAPSHOT_FORMAT = 1
+WEEK_MS = 7 * 86_400_000
 
 
 @dataclass(slots=True)
@@ -233,7 +234,14 @@ class GridProcessor:
         resid = v - expected
         z = det.robust_z(resid, c["scale"][s], level)
         dev_s = np.where(prof_seen, v - prof, 0.0)
-        zs = det.robust_z(dev_s, c["seasonal_scale"][s], level)
+        # Departures from the profile are wider where the one-step noise is (ramps and peaks of
+        # a load whose noise grows with it): widen the seasonal scale by how much this bucket's
+        # residual scale exceeds the entity's long-run one, so a ramp is not a level shift.
+        tod_scale = c["resid_prof"][s, bucket].astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            tod_ratio = tod_scale / c["err_scale"][s]
+        tod_ratio = np.where(prof_trusted & np.isfinite(tod_ratio), np.maximum(tod_ratio, 1.0), 1.0)
+        zs = det.robust_z(dev_s, c["seasonal_scale"][s] * tod_ratio, level)
         zs = np.where(prof_trusted & (c["seasonal_n"][s] >= p.warmup), zs, 0.0)
         cpos, cneg, seasonal = det.cusum_update(c["cusum_pos"][s], c["cusum_neg"][s], zs, p)
         same_value = seen & (v == c["last_value"][s])
@@ -244,7 +252,16 @@ class GridProcessor:
         zc_all = np.where(np.isfinite(chan_vals), zc_all, 0.0)
         zc = np.abs(zc_all[:, det.SCORED_CHANNELS]).max(axis=1)
         warm = c["count"][s] >= p.warmup
-        tail, tail_z = likelihood_scores(c, s, v, resid, dev_s, prof_trusted, p)
+        wbucket = week_bucket_of(ts)
+        week_dev = c["week_dev"][s, wbucket].astype(np.float64)
+        week_start = c["week_start"][s]
+        weekly = (
+            prof_trusted
+            & (week_start != NO_TS)
+            & (ts - np.where(week_start == NO_TS, ts, week_start) >= p.weekly_min_weeks * WEEK_MS)
+        )
+        dev_w = dev_s - np.where(weekly & np.isfinite(week_dev), week_dev, 0.0)
+        tail, tail_z = likelihood_scores(c, s, v, resid, dev_w, prof_trusted, weekly, p)
         scores = {
             "residual": det.z_score(z, p),
             "seasonal": seasonal,
@@ -308,6 +325,9 @@ class GridProcessor:
                 chan_vals,
                 cpos,
                 cneg,
+                tod_scale,
+                wbucket,
+                week_dev,
             ),
         )
         started = perf_counter()

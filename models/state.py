@@ -14,6 +14,7 @@ import numpy as np
 from models.params import ProcessorParams
 
 NO_TS = np.iinfo(np.int64).min
+WEEK_BUCKETS = 7 * 24  # hours of the week of the weekly profile
 
 # name -> (dtype, per-entity shape as a function of params, initial value)
 _SCALARS: dict[str, tuple[type, float]] = {
@@ -43,7 +44,9 @@ _SCALARS: dict[str, tuple[type, float]] = {
     "lvl_mean": (np.float64, np.nan),  # long-run mean and variance of lvl_short
     "lvl_var": (np.float64, np.nan),
     "lvl_n": (np.int64, 0),
-    "lvl_dev": (np.int8, 0),  # 1 once the level detector follows departures from the profile
+    "lvl_dev": (np.int8, 0),  # 1 once the level detector follows departures from the profile,
+    # 2 once it follows departures from the profile and the weekly profile
+    "week_start": (np.int64, NO_TS),  # first reading whose departure the weekly profile learned
     "last_event_ts": (np.int64, NO_TS),
     "last_event_rank": (np.int64, -1),  # severity rank of the last event published
 }
@@ -75,6 +78,13 @@ class EntityState:
         # float32 halves the largest column; the profile is an average, its precision suffices.
         shapes["profile"] = ((buckets,), np.float32, np.nan)
         shapes["profile_n"] = ((buckets,), np.uint16, 0)
+        # EWMA of |one-step residual| per time-of-day bucket: noise that grows with the load
+        # (ramps, peaks) does not look like an outlier at those times of day.
+        shapes["resid_prof"] = ((buckets,), np.float32, np.nan)
+        # EWMA of the departure from the time-of-day profile per hour of the week (Monday 0h = 0):
+        # weekday rhythms, learned once the time-of-day profile is trusted.
+        shapes["week_dev"] = ((WEEK_BUCKETS,), np.float32, np.nan)
+        shapes["week_n"] = ((WEEK_BUCKETS,), np.uint16, 0)
         shapes["chan_mean"] = ((nch,), np.float64, np.nan)
         shapes["chan_scale"] = ((nch,), np.float64, np.nan)
         return shapes
