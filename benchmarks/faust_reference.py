@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -147,15 +148,33 @@ def measure_faust_reference(
     return _child(cmd, timeout_s)
 
 
+def _make_quix_venv() -> None:
+    """Quix Streams gets a virtualenv of its own (its confluent-kafka pin clashes with ours)."""
+    venv = QUIX_PYTHON.parent.parent
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+        subprocess.run(
+            [str(QUIX_PYTHON), "-m", "pip", "install", "--quiet", "quixstreams", "orjson"],
+            check=True,
+            timeout=900,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        print(f"could not create {venv} for the Quix Streams reference: {exc}", file=sys.stderr)
+        shutil.rmtree(venv, ignore_errors=True)
+
+
 def measure_quix(
     bootstrap: str, topic: str, n: int, python: Path | None = None, timeout_s: float = 900.0
 ) -> dict[str, Any]:
     """Events/s of the idiomatic Quix Streams job, run by ``python`` (default ``QUIX_PYTHON``)."""
     python = python or QUIX_PYTHON
+    if not Path(python).exists() and python == QUIX_PYTHON:
+        _make_quix_venv()
     if not Path(python).exists():
         return {"error": (
             "quixstreams is not installed: it pins confluent-kafka<2.13 and gridstream needs a "
-            f"newer one, so it needs its own virtualenv at {python} (benchmarks/README.md)"
+            f"newer one, so it needs its own virtualenv at {python}, and creating it failed "
+            "(benchmarks/README.md)"
         )}
     cmd = [str(python), str(QUIX_SCRIPT), "--bootstrap", bootstrap, "--topic", topic,
            "--n", str(n), "--window", str(WINDOW)]
