@@ -1,13 +1,14 @@
 """Crash points for fault-injection tests: the process kills itself at a named point.
 
-``GRIDSTREAM_FAILPOINTS="after_clickhouse=0.1,before_commit=0.1"`` arms points with the
+``GRIDSTREAM_FAILPOINTS="between_outputs=0.1,before_commit=0.1"`` arms points with the
 probability of dying each time the loop passes them (``GRIDSTREAM_FAILPOINTS_SEED`` makes the
 draws repeatable). The kill is SIGKILL, as from the kernel's OOM killer or a lost machine: no
 ``finally`` runs, nothing is flushed. Unset, a point costs one dict lookup per batch.
 
 The points, in the order a batch passes them:
 - ``after_process``: state updated, nothing written (mid-batch);
-- ``after_clickhouse``: ClickHouse written, topics not yet published;
+- ``between_outputs``: one sink written, the other not yet (at-least-once publishes to Kafka
+  first, then ClickHouse; exactly-once writes ClickHouse, then commits the transaction);
 - ``before_commit``: everything written and acknowledged, offsets not committed;
 - ``after_commit``: committed, checkpoint not yet written.
 """
@@ -18,7 +19,7 @@ import os
 import random
 import signal
 
-POINTS = ("after_process", "after_clickhouse", "before_commit", "after_commit")
+POINTS = ("after_process", "between_outputs", "before_commit", "after_commit")
 
 
 class FailpointError(ValueError):

@@ -1,9 +1,10 @@
 """The processor loop on confluent-kafka: consume a batch, process it, publish, then commit.
 
 Per batch: ``consume(n, timeout)`` -> decode + validate (bad records become dead letters) ->
-each partition's core (``streams.tasks``) -> ClickHouse insert -> produce forecasts, anomalies and
-dead letters and wait for every acknowledgement -> commit the batch's offsets synchronously
-(at-least-once), or publish and commit them in one Kafka transaction (exactly-once). A sink that
+each partition's core (``streams.tasks``) -> produce forecasts, anomalies and dead letters and
+wait for every acknowledgement -> ClickHouse insert -> commit the batch's offsets synchronously
+(at-least-once); or ClickHouse insert -> publish and commit the offsets in one Kafka transaction
+(exactly-once). A sink that
 is down pauses the assigned partitions and retries the same outputs with backoff; nothing is
 committed until they are written. SIGTERM/SIGINT finish the batch and exit.
 
@@ -381,10 +382,13 @@ class StreamRunner:
         accepted: ReadingBatch | None = None,
         offsets: list[TopicPartition] | None = None,
     ) -> None:
-        """Write ClickHouse and the topics; while a sink is down, pause input and retry.
+        """Write the topics and ClickHouse; while a sink is down, pause input and retry.
 
-        ``now_ms`` stays the same across retries, so ClickHouse's insert tokens drop a retry
-        that the server had in fact written.
+        At-least-once publishes to Kafka first, so subscribers see a batch's events without
+        waiting for the ClickHouse insert (both are done before the commit either way).
+        Exactly-once writes ClickHouse first: the transaction that publishes the records also
+        commits the offsets, so nothing may follow it. ``now_ms`` stays the same across
+        retries, so ClickHouse's insert tokens drop a retry that the server had in fact written.
         """
         t = self.settings.topics
         outputs = [
@@ -392,24 +396,31 @@ class StreamRunner:
             (t.anomalies, encode_anomalies(result.anomalies)),
             (t.dead_letters, encode_dead_letters(dead)),
         ]
-        written_ch = self.clickhouse is None
+        kafka_rows = sum(len(records) for _, records in outputs)
+        ch_rows = len(result.forecasts) + len(result.anomalies) + len(dead)
+        steps: list[tuple[str, int, Callable[[], None]]] = [
+            ("kafka", kafka_rows, lambda: self._publish(outputs, offsets or [])),
+        ]
+        if self.clickhouse is not None:
+            write = (
+                "clickhouse",
+                ch_rows,
+                lambda: self._write_clickhouse(result, dead, now_ms, accepted),
+            )
+            steps.insert(0 if self.exactly_once else 1, write)
+        done = 0
         backoff = 0.5
         paused = False
         assert self._consumer is not None and self._topics is not None
         try:
             while True:
                 try:
-                    if not written_ch:
-                        rows = len(result.forecasts) + len(result.anomalies) + len(dead)
-                        self._timed(
-                            "clickhouse",
-                            rows,
-                            lambda: self._write_clickhouse(result, dead, now_ms, accepted),
-                        )
-                        written_ch = True
-                        self.failpoints.hit("after_clickhouse")
-                    rows = sum(len(records) for _, records in outputs)
-                    self._timed("kafka", rows, lambda: self._publish(outputs, offsets or []))
+                    while done < len(steps):
+                        sink, rows, step = steps[done]
+                        self._timed(sink, rows, step)
+                        done += 1
+                        if done < len(steps):
+                            self.failpoints.hit("between_outputs")
                     return
                 except SinkError as exc:
                     if not exc.retryable or stop.is_set():

@@ -186,8 +186,8 @@ def test_due_checkpoints_are_written_one_per_batch(tmp_path: Path) -> None:
 
 
 def test_failpoints_parse_and_refuse_unknown_points() -> None:
-    assert parse("after_clickhouse=0.5, before_commit") == {
-        "after_clickhouse": 0.5,
+    assert parse("between_outputs=0.5, before_commit") == {
+        "between_outputs": 0.5,
         "before_commit": 1.0,
     }
     with pytest.raises(FailpointError, match="unknown point 'nowhere'"):
