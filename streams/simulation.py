@@ -7,6 +7,10 @@ record. Four independent seeded streams (set-up, signal noise, anomalies, imperf
 turning anomalies or imperfections on or off leaves the underlying signal unchanged, so a run with
 ``anomaly_rate_per_day=0`` is the ground truth of the same run with anomalies.
 
+This module keeps the grid model and the stepping; the parameters live in ``sim_config``, the
+load shape and anomalies in ``sim_signal``, the JSON encoding and record routing in
+``sim_records``. Import the public names from here.
+
 >>> sim = TelemetrySimulator(SimConfig(meters=3, assets=3, seed=1), start_ms=1_700_000_100_000)
 >>> batch = sim.step_until(1_700_000_100_000 + 3_600_000)
 >>> sorted(set(batch.contract))
@@ -17,216 +21,28 @@ from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from itertools import compress
 
 import numpy as np
-import orjson
 from numpy.random import PCG64, Generator, SeedSequence
 
-from schemas.exceptions import GridstreamError
 from schemas.outputs import LabelledAnomaly
+from streams.sim_config import SimConfig, SimulationConfigError
+from streams.sim_records import Chunk, Columns, Group, SimBatch, append, encode, pick, utc
+from streams.sim_signal import ANOMALY_KINDS, load_shape
 
-ANOMALY_KINDS = ("spike", "drop_to_zero", "stuck", "drift", "voltage_sag", "step_change")
+__all__ = [
+    "ANOMALY_KINDS",
+    "ASSET_KINDS",
+    "SimBatch",
+    "SimConfig",
+    "SimulationConfigError",
+    "TelemetrySimulator",
+]
+
 ASSET_KINDS = ("feeder", "transformer", "substation")
-_DUR_LO = np.array([1, 1, 4, 8, 1, 8])  # duration in steps of each kind, inclusive bounds
-_DUR_HI = np.array([1, 4, 16, 32, 4, 32])
-_SPIKE, _DROP, _STUCK, _DRIFT, _SAG, _STEP = range(6)
-_COOLDOWN_STEPS = 4  # clean steps between two anomalies of one entity, so labels stay distinct
 _DAY_MS = 86_400_000
 _NOMINAL_KV = np.array([11.0, 33.0, 132.0])  # feeder, transformer, substation
 _SQRT3 = math.sqrt(3.0)
-
-
-class SimulationConfigError(GridstreamError, ValueError):
-    """A simulator parameter is out of its range."""
-
-
-@dataclass(frozen=True, slots=True)
-class SimConfig:
-    """Every parameter of a simulation; with a start time it fully determines the output.
-
-    Rates are probabilities per reading (``late``: emitted 1..``late_max_steps`` steps after its
-    ``ts``); ``rfc3339_fraction`` is the share of entities whose producer sends RFC 3339 strings
-    instead of epoch ms; each meter stands for ``customers_per_meter`` customers on its feeder,
-    so feeder loads reach MW without simulating every house.
-    """
-
-    meters: int = 1000
-    assets: int = 20
-    meter_interval_s: int = 900
-    scada_interval_s: int = 300
-    seed: int = 0
-    missing_rate: float = 0.002
-    late_rate: float = 0.01
-    late_max_steps: int = 4
-    duplicate_rate: float = 0.001
-    anomaly_rate_per_day: float = 0.5
-    rfc3339_fraction: float = 0.2
-    commercial_fraction: float = 0.15
-    basic_meter_fraction: float = 0.3
-    customers_per_meter: float = 20.0
-    utc_offset_h: float = 0.0
-
-    def __post_init__(self) -> None:
-        def need(ok: bool, name: str, rule: str) -> None:
-            if not ok:
-                raise SimulationConfigError(f"SimConfig.{name}={getattr(self, name)!r}: {rule}")
-
-        need(self.meters >= 0, "meters", "must be >= 0")
-        need(self.assets >= 0, "assets", "must be >= 0")
-        need(self.meters + self.assets > 0, "meters", "meters + assets must be > 0")
-        for name in ("meter_interval_s", "scada_interval_s", "late_max_steps"):
-            need(getattr(self, name) >= 1, name, "must be >= 1")
-        for name in (
-            "missing_rate",
-            "late_rate",
-            "duplicate_rate",
-            "rfc3339_fraction",
-            "commercial_fraction",
-            "basic_meter_fraction",
-        ):
-            need(0.0 <= getattr(self, name) <= 1.0, name, "must be in [0, 1]")
-        longest = max(self.meter_interval_s, self.scada_interval_s)
-        need(
-            0.0 <= self.anomaly_rate_per_day * longest <= 86_400,
-            "anomaly_rate_per_day",
-            "must be >= 0 and at most one per step",
-        )
-        need(self.customers_per_meter > 0, "customers_per_meter", "must be > 0")
-        need(-14 <= self.utc_offset_h <= 14, "utc_offset_h", "must be in [-14, 14]")
-
-
-@dataclass(frozen=True, slots=True)
-class SimBatch:
-    """Records that became due in one ``step_until`` call, in emission order, plus labels.
-
-    ``key`` is the entity id as UTF-8 (the Kafka key); ``emit_ms`` > ``ts_ms`` marks a late one.
-    """
-
-    contract: list[str]  # "meter" | "scada": which input topic
-    entity: list[str]
-    key: list[bytes]
-    value: list[bytes]  # the JSON reading
-    ts_ms: np.ndarray  # int64 reading time
-    emit_ms: np.ndarray  # int64 simulated time the record was sent
-    labels: list[LabelledAnomaly]  # anomalies that started in this call
-    generated: int  # readings computed (before missing / duplicates)
-    missing: int
-    late: int  # readings held back to be sent later
-    duplicates: int
-
-    def __len__(self) -> int:
-        return len(self.value)
-
-
-def _bump(hour: np.ndarray, centre: float, width: float) -> np.ndarray:
-    d = (hour - centre + 12.0) % 24.0 - 12.0
-    return np.exp(-0.5 * (d / width) ** 2)
-
-
-def _load_shape(hour: np.ndarray, weekend: bool, commercial: np.ndarray) -> np.ndarray:
-    """Daily load (peak ~1): residential morning/evening peaks blended with a commercial day."""
-    res = (
-        0.25
-        + 0.45 * _bump(hour, 9.0 if weekend else 7.5, 1.3)
-        + 0.75 * _bump(hour, 19.0, 2.0)
-        + (0.2 if weekend else 0.05) * _bump(hour, 13.0, 3.0)
-    )
-    plateau = 1.0 / (1.0 + np.exp(-2.0 * (hour - 7.5))) / (1.0 + np.exp(-2.0 * (18.5 - hour)))
-    com = 0.2 + (0.25 if weekend else 0.8) * plateau
-    return res + commercial * (com - res)
-
-
-class _Anomalies:
-    """Anomaly state of one group of entities; at most one anomaly per entity at a time."""
-
-    def __init__(self, n: int, channels: int) -> None:
-        self.kind = np.full(n, -1, dtype=np.int8)
-        self.pos = np.zeros(n, dtype=np.int32)
-        self.dur = np.zeros(n, dtype=np.int32)
-        self.mag = np.zeros(n)
-        self.cool = np.zeros(n, dtype=np.int32)
-        self.frozen = np.zeros((n, channels))
-
-    def advance(self, rng: Generator, p_start: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Move running anomalies one step on and start new ones on free entities."""
-        u = rng.random(self.kind.shape[0])
-        active = self.kind >= 0
-        self.cool[~active & (self.cool > 0)] -= 1
-        self.pos[active] += 1
-        ended = active & (self.pos >= self.dur)
-        self.kind[ended] = -1
-        self.cool[ended] = _COOLDOWN_STEPS
-        new = np.flatnonzero((self.kind < 0) & (self.cool == 0) & (u < p_start))
-        kinds = rng.integers(0, len(ANOMALY_KINDS), new.shape[0])
-        dur = rng.integers(_DUR_LO[kinds], _DUR_HI[kinds] + 1)
-        up = rng.random(new.shape[0]) < 0.5
-        m = rng.random(new.shape[0])
-        mag = np.select(
-            [kinds == _SPIKE, kinds == _DRIFT, kinds == _SAG, kinds == _STEP],
-            [
-                3.0 + 3.0 * m,
-                np.where(up, 1.0, -1.0) * (0.3 + 0.5 * m),
-                0.10 + 0.10 * m,
-                np.where(up, 1.4 + 0.6 * m, 0.3 + 0.3 * m),
-            ],
-            0.0,
-        )
-        self.kind[new], self.pos[new], self.dur[new], self.mag[new] = kinds, 0, dur, mag
-        return new, kinds, dur
-
-    def factors(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(active entity indices, factor on P and Q, factor on voltage) for this step."""
-        act = np.flatnonzero(self.kind >= 0)
-        k, mag = self.kind[act], self.mag[act]
-        ramp = 1.0 + mag * (self.pos[act] + 1) / self.dur[act]
-        power = np.select(
-            [k == _SPIKE, k == _DROP, k == _DRIFT, k == _STEP], [mag, 0.0, ramp, mag], 1.0
-        )
-        return act, power, np.where(k == _SAG, 1.0 - mag, 1.0)
-
-    def freeze(self, cols: np.ndarray) -> None:
-        """Stuck entities repeat, exactly, the rounded reading of their first anomalous step."""
-        stuck = self.kind == _STUCK
-        first = np.flatnonzero(stuck & (self.pos == 0))
-        self.frozen[first] = cols[first]
-        later = np.flatnonzero(stuck & (self.pos > 0))
-        cols[later] = self.frozen[later]
-
-
-class _Group:
-    """Static description and running state of the meters, or of the SCADA assets."""
-
-    def __init__(self, contract: str, ids: list[str], kinds: list[str], interval_s: int) -> None:
-        self.contract, self.ids, self.kinds = contract, ids, kinds
-        self.keys = [i.encode() for i in ids]
-        self.interval_ms = interval_s * 1000
-        self.anomalies = _Anomalies(len(ids), 4 if contract == "meter" else 6)
-        self.next_ms = 0
-        self.rfc = np.zeros(len(ids), dtype=bool)
-        self.optional = np.zeros(len(ids), dtype=bool)  # leaves out some optional fields
-
-
-# One step's records of one group, or a subset of them: contract, entities, keys, values, ts.
-_Chunk = tuple[str, list[str], list[bytes], list[bytes], int]
-
-
-def _pick(chunk: _Chunk, mask: np.ndarray) -> _Chunk:
-    m = mask.tolist()
-    contract, entities, keys, values, ts = chunk
-    return (
-        contract,
-        list(compress(entities, m)),
-        list(compress(keys, m)),
-        list(compress(values, m)),
-        ts,
-    )
-
-
-def _utc(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000.0, tz=UTC)
 
 
 class TelemetrySimulator:
@@ -302,8 +118,8 @@ class TelemetrySimulator:
         self._theta: np.ndarray | None = None  # transformer oil temperature, °C
         self._freq_dev = 0.0
         kinds = [ASSET_KINDS[k] for k in self._akind]
-        self._meters = _Group("meter", meter_ids, ["meter"] * c.meters, c.meter_interval_s)
-        self._assets = _Group("scada", fd_ids + tx_ids + sub_ids, kinds, c.scada_interval_s)
+        self._meters = Group("meter", meter_ids, ["meter"] * c.meters, c.meter_interval_s)
+        self._assets = Group("scada", fd_ids + tx_ids + sub_ids, kinds, c.scada_interval_s)
         self._meters.optional = rng.random(c.meters) < c.basic_meter_fraction
         self._assets.optional = self._akind == 0  # feeders: no temperature
         for g in (self._meters, self._assets):
@@ -312,7 +128,7 @@ class TelemetrySimulator:
         self.entity_kinds = dict(
             zip(meter_ids + self._assets.ids, self._meters.kinds + kinds, strict=True)
         )
-        self._pending: list[tuple[int, int, _Chunk]] = []  # heap of late chunks by emit time
+        self._pending: list[tuple[int, int, Chunk]] = []  # heap of late chunks by emit time
         self._seq = 0
 
     @property
@@ -340,7 +156,7 @@ class TelemetrySimulator:
         """Noise-free load of every load entity (meters, then feeders' unmetered part), kW."""
         local = t_ms / 3_600_000 + self.config.utc_offset_h
         weekend = int(local // 24 + 3) % 7 >= 5  # 1970-01-01 was a Thursday
-        shape = _load_shape((local % 24.0 + self._jitter) % 24.0, weekend, self._mix)
+        shape = load_shape((local % 24.0 + self._jitter) % 24.0, weekend, self._mix)
         temp = self.temperature_c(t_ms)[self._load_region]
         heating = self._heat * np.maximum(0.0, 16.0 - temp) / 10.0
         cooling = self._cool * np.maximum(0.0, temp - 22.0) / 8.0
@@ -358,7 +174,7 @@ class TelemetrySimulator:
 
     def step_until(self, until_ms: int) -> SimBatch:
         """Generate every step with ``ts <= until_ms`` and return the records due by then."""
-        out: tuple[list, ...] = ([], [], [], [], [], [])
+        out: Columns = ([], [], [], [], [], [])
         labels: list[LabelledAnomaly] = []
         counts = [0, 0, 0, 0]  # generated, missing, late, duplicates
         m, s = self._meters, self._assets
@@ -407,10 +223,10 @@ class TelemetrySimulator:
 
     def _emit(
         self,
-        g: _Group,
+        g: Group,
         t: int,
         cols: np.ndarray,
-        out: tuple[list, ...],
+        out: Columns,
         labels: list[LabelledAnomaly],
         counts: list[int],
     ) -> None:
@@ -420,13 +236,13 @@ class TelemetrySimulator:
             self._anomaly_rng, c.anomaly_rate_per_day * g.interval_ms / _DAY_MS
         )
         for i, k, d in zip(new.tolist(), kinds.tolist(), dur.tolist(), strict=True):
-            end = _utc(t + (d - 1) * g.interval_ms)  # ts of the last anomalous reading
+            end = utc(t + (d - 1) * g.interval_ms)  # ts of the last anomalous reading
             labels.append(
                 LabelledAnomaly(
                     entity_id=g.ids[i],
                     entity_kind=g.kinds[i],
                     kind=ANOMALY_KINDS[k],
-                    start_ts=_utc(t),
+                    start_ts=utc(t),
                     end_ts=end,
                 )
             )
@@ -449,91 +265,27 @@ class TelemetrySimulator:
             g.contract,
             [g.ids[i] for i in sel],
             [g.keys[i] for i in sel],
-            self._encode(g, t, keep, cols[keep]),
+            encode(g, t, keep, cols[keep]),
             t,
         )
         counts[0] += n
         counts[1] += n - keep.shape[0]
         counts[2] += int(late.sum())
         counts[3] += int(dup.sum())
-        self._append(out, _pick(chunk, ~late) if late.any() else chunk, t)
+        append(out, pick(chunk, ~late) if late.any() else chunk, t)
         for steps in np.unique(late_steps[late]).tolist():
             later = (
                 t + steps * g.interval_ms,
                 self._seq,
-                _pick(chunk, late & (late_steps == steps)),
+                pick(chunk, late & (late_steps == steps)),
             )
             heapq.heappush(self._pending, later)
             self._seq += 1
         if dup.any():  # a producer's retry: the same bytes again, in the same step
-            self._append(out, _pick(chunk, dup), t)
+            append(out, pick(chunk, dup), t)
 
-    def _encode(self, g: _Group, t: int, idx: np.ndarray, cols: np.ndarray) -> list[bytes]:
-        """One JSON object per reading, without the optional fields its producer lacks.
-
-        One ``orjson.dumps`` of the whole step, split at the record boundaries, is ~5x cheaper
-        than a call per record (each call's 1 KiB buffer churns the C heap); the split is exact
-        because no string we write contains a brace.
-        """
-        ts_str = _utc(t).strftime("%Y-%m-%dT%H:%M:%SZ")
-        ids, kinds = g.ids, g.kinds
-        tss = [ts_str if r else t for r in g.rfc[idx].tolist()]
-        rows = zip(idx.tolist(), tss, *cols.T.tolist(), strict=True)
-        if g.contract == "meter":
-            objs = [
-                {
-                    "meter_id": ids[i],
-                    "ts": ts,
-                    "kw": kw,
-                    "kvar": kvar,
-                    "voltage_v": v,
-                    "current_a": a,
-                    "quality": "good",
-                }
-                for i, ts, kw, kvar, v, a in rows
-            ]
-            drop: tuple[str, ...] = ("kvar", "current_a")  # basic meters: kW and voltage only
-        else:
-            objs = [
-                {
-                    "asset_id": ids[i],
-                    "asset_kind": kinds[i],
-                    "ts": ts,
-                    "p_mw": p,
-                    "q_mvar": q,
-                    "voltage_kv": v,
-                    "current_a": a,
-                    "frequency_hz": f,
-                    "temperature_c": temp,
-                    "quality": "good",
-                }
-                for i, ts, p, q, v, a, f, temp in rows
-            ]
-            drop = ("temperature_c",)
-        for j in np.flatnonzero(g.optional[idx]).tolist():
-            for name in drop:
-                del objs[j][name]
-        if not objs:
-            return []
-        values = [b"{%b}" % part for part in orjson.dumps(objs)[2:-2].split(b"},{")]
-        if len(values) != len(objs):  # cannot happen with our ids; refuse rather than mis-split
-            raise GridstreamError(
-                f"simulator: {g.contract} step at {t} ms split into "
-                f"{len(values)} records, expected {len(objs)}"
-            )
-        return values
-
-    @staticmethod
-    def _append(out: tuple[list, ...], chunk: _Chunk, emit: int) -> None:
-        contract, entities, keys, values, ts = chunk
-        k = len(values)
-        for column, items in zip(
-            out, ([contract] * k, entities, keys, values, [ts] * k, [emit] * k), strict=True
-        ):
-            column.extend(items)
-
-    def _release(self, until_ms: int, out: tuple[list, ...]) -> None:
+    def _release(self, until_ms: int, out: Columns) -> None:
         """Send the late chunks whose time has come, oldest first."""
         while self._pending and self._pending[0][0] <= until_ms:
             emit, _, chunk = heapq.heappop(self._pending)
-            self._append(out, chunk, emit)
+            append(out, chunk, emit)
