@@ -65,6 +65,20 @@ class ProcessResult:
     counters: Counter[str] = field(default_factory=Counter)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per model (model_versions)
 
+    @classmethod
+    def blank(cls, n: int, model: str) -> ProcessResult:
+        """A result for ``n`` rows with nothing scored yet: NaN scores, no severity, no outputs."""
+        return cls(
+            forecasts=ForecastBatch.empty(model),
+            anomalies=[],
+            rejections=[],
+            score=np.full(n, np.nan),
+            severity=np.full(n, -1, dtype=np.int64),
+            expected=np.full(n, np.nan),
+            forecast_rows=np.empty(0, dtype=np.int64),
+            residual_z=np.full(n, np.nan),
+        )
+
 
 class GridProcessor:
     """Per-entity windows, the baseline nowcast, online detectors and fusion over column batches."""
@@ -113,16 +127,7 @@ class GridProcessor:
     def process_batch(self, batch: ReadingBatch, now_ms: int) -> ProcessResult:
         """Score every reading against the state before it, then learn it; never mutates input."""
         n = len(batch)
-        res = ProcessResult(
-            forecasts=ForecastBatch.empty(self.model),
-            anomalies=[],
-            rejections=[],
-            score=np.full(n, np.nan),
-            severity=np.full(n, -1, dtype=np.int64),
-            expected=np.full(n, np.nan),
-            forecast_rows=np.empty(0, dtype=np.int64),
-            residual_z=np.full(n, np.nan),
-        )
+        res = ProcessResult.blank(n, self.model)
         if n == 0:
             return res
         keys = (batch.kind + "\x1f" + batch.entity).tolist()

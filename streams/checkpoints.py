@@ -113,6 +113,3 @@ class CheckpointStore:
             created_ms=int(header.get("created_ms", 0)),
             nbytes=len(blob),
         )
-
-    def discard(self, tid: TaskId) -> None:
-        self.path(tid).unlink(missing_ok=True)

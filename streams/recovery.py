@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from streams.checkpoints import CheckpointError, CheckpointStore
+from streams.checkpoints import Checkpoint, CheckpointError, CheckpointStore
 from streams.tasks import Task, TaskId, TaskSet
 
 log = logging.getLogger("gridstream.recovery")
@@ -111,7 +111,7 @@ class PartitionStates:
         )
         return task
 
-    def _load(self, tid: TaskId):  # noqa: ANN202 - Checkpoint | None
+    def _load(self, tid: TaskId) -> Checkpoint | None:
         if self.store is None:
             return None
         try:

@@ -13,7 +13,6 @@ the readings below it. That is the invariant checkpoints and replays rely on.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -115,7 +114,8 @@ class TaskSet:
                     mine &= ~replay_rows
             rows = np.flatnonzero(mine)
             if rows.size:
-                parts.append((rows, proc.process_batch(batch.take(rows), now_ms)))
+                part = batch if rows.size == len(batch) else batch.take(rows)  # one task: no copy
+                parts.append((rows, proc.process_batch(part, now_ms)))
         return merge_results(parts, len(batch), self.model), replayed
 
 
@@ -125,17 +125,7 @@ def merge_results(
     """One ``ProcessResult`` for a batch of ``n`` rows from the results of row subsets."""
     if len(parts) == 1 and parts[0][0].size == n:
         return parts[0][1]
-    merged = ProcessResult(
-        forecasts=ForecastBatch.empty(model),
-        anomalies=[],
-        rejections=[],
-        score=np.full(n, np.nan),
-        severity=np.full(n, -1, dtype=np.int64),
-        expected=np.full(n, np.nan),
-        forecast_rows=np.empty(0, dtype=np.int64),
-        residual_z=np.full(n, np.nan),
-        counters=Counter(),
-    )
+    merged = ProcessResult.blank(n, model)
     forecast_parts: list[ForecastBatch] = []
     forecast_rows: list[np.ndarray] = []
     for rows, res in parts:
