@@ -94,7 +94,10 @@ def params_with(overrides: list[str]) -> ProcessorParams:
     for item in overrides:
         name, _, value = item.partition("=")
         old = getattr(defaults, name)
-        changes[name] = type(old)(float(value)) if isinstance(old, int) else float(value)
+        if isinstance(old, tuple) and all(isinstance(x, str) for x in old):
+            changes[name] = tuple(x for x in value.split(",") if x)  # e.g. detectors=a,b
+        else:
+            changes[name] = type(old)(float(value)) if isinstance(old, int) else float(value)
     return replace(defaults, **changes)
 
 

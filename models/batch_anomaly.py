@@ -159,5 +159,15 @@ class BatchAnomalyModel:
             return 1.0 / (1.0 + np.exp(-(raw - self.center) / self.width))
 
 
+def log10_tail(score: np.ndarray) -> np.ndarray:
+    """``log10`` tail probability of a score under the training distribution: the calibration
+    quantile has ``1 - CALIBRATION_QUANTILE``, beyond it an exponential tail with the calibration
+    width (the logit of the score counts widths); 0 for unscored readings (score 0)."""
+    s = np.clip(score, 1e-12, 1.0 - 1e-12)
+    widths = np.maximum(np.log(s / (1.0 - s)), 0.0)
+    out = np.log10(1.0 - CALIBRATION_QUANTILE) - widths / np.log(10.0)
+    return np.where(score > 0, np.minimum(out, 0.0), 0.0)
+
+
 def _filled(x: np.ndarray, fill: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(x), x, fill[None, :])

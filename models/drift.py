@@ -28,8 +28,9 @@ FLEET = "*"  # entity_id of a fleet-level event
 class ResidualDrift:
     """One ADWIN per entity kind over sampled |z|; ``update`` returns the drift events."""
 
-    def __init__(self, delta: float = 0.002, sample_every: int = 1, min_change: float = 0.25
-                 ) -> None:
+    def __init__(
+        self, delta: float = 0.002, sample_every: int = 1, min_change: float = 0.25
+    ) -> None:
         self.delta = delta
         self.min_change = min_change
         self.sample_every = sample_every

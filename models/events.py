@@ -141,7 +141,7 @@ def build_events(
     fire_at = thresholds["info"]
     state_chan = feats.get("chan_mean")
     # the online detectors, then any loaded model's (the batch anomaly model) in fusion order
-    names = [*DETECTORS, *(n for n, _ in params.weights if n in scores and n not in DETECTORS)]
+    names = [*(n for n in DETECTORS if n in scores), *(n for n in scores if n not in DETECTORS)]
     for j in idx:
         row = int(rows[j])
         kind = str(batch.kind[row])

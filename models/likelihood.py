@@ -16,37 +16,19 @@ online, per entity, vectorised over a round (each entity at most once), score be
   profile (per hour of the week), so weekday rhythms are not level shifts; each change of input
   restarts its statistics, and it scores from ``lvl_min`` readings of them on.
 
-Each gives a Gaussian tail probability ``p`` and a score ``-log10(p) / lik_decades`` clipped to
-[0, 1]; a score is therefore a severity with a meaning: with ``lik_decades = 10`` the info,
-warning and critical thresholds (0.5 / 0.7 / 0.9) are tail probabilities of 1e-5, 1e-7 and 1e-9
-(one reading in 100 thousand, 10 million and a billion of the entity's own normal behaviour).
-The fused score still goes through ``detectors.calibrate``, which only discounts it on entities
-whose fused scores are routinely high.
+Each gives a statistic (``z`` of the recent error above its long-run mean; ``|z|`` of the recent
+level); ``models.tails`` turns it into a tail probability under the entity's own history of it.
 The long-run statistics learn winsorised values (at ``lik_clip`` deviations), so an incident does
 not become normal within a few readings, while a lasting change is learned in about
 ``1 / lik_long_rate`` readings.
 
->>> import numpy as np
->>> from models.params import ProcessorParams
->>> p = ProcessorParams()
->>> [round(float(x), 2) for x in tail_score(np.array([np.nan, 0.0, 4.265, 7.0]), p)]
-[0.0, 0.03, 0.5, 1.0]
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import log_ndtr
 
 from models.params import ProcessorParams
-
-LN10 = float(np.log(10.0))
-
-
-def tail_score(z: np.ndarray, params: ProcessorParams) -> np.ndarray:
-    """``-log10 P(Z > z) / lik_decades`` in [0, 1] (one-sided; pass |z| for two-sided)."""
-    log_p = log_ndtr(-np.nan_to_num(z, nan=-40.0, posinf=40.0, neginf=-40.0))
-    return np.clip(-log_p / (LN10 * params.lik_decades), 0.0, 1.0)
 
 
 def _running(
@@ -85,8 +67,9 @@ def score_and_learn(
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Scores of one round against the state before it, then the state updated in place.
 
-    Returns ``({"likelihood": ..., "level": ...}, features)``; ``features`` holds the z values
-    for explanations and the batch anomaly model.
+    Returns ``({"likelihood": ..., "level": ...}, features)``: the two statistics (NaN until
+    their long-run statistics have enough readings), and the signed z values for explanations
+    and the batch anomaly model. ``models.tails`` turns the statistics into probabilities.
     """
     p = params
     n = c["lik_n"][s]
@@ -105,7 +88,7 @@ def score_and_learn(
         short_old,
     )
     z_lik = _z(short, c["err_mean"][s], c["err_var"][s], np.full(s.size, p.lik_floor))
-    lik = np.where(ready, tail_score(z_lik, p), 0.0)
+    lik = np.where(ready, np.maximum(z_lik, 0.0), np.nan)
     # -- level: recent mean value (or departure from the profile) over its long-run spread ------
     x = np.where(prof_trusted, dev_s, v)
     old_mode = c["lvl_dev"][s]
@@ -121,7 +104,7 @@ def score_and_learn(
     lvl_n = np.where(switch, 0, c["lvl_n"][s])
     floor_l = 1e-3 * np.maximum(np.abs(np.nan_to_num(c["level"][s])), 1e-6)
     z_lvl = _z(lvl_short, lvl_mean, lvl_var, floor_l)
-    level = np.where(ready & (lvl_n >= p.lvl_min), tail_score(np.abs(z_lvl), p), 0.0)
+    level = np.where(ready & (lvl_n >= p.lvl_min), np.abs(z_lvl), np.nan)
 
     # -- learn -----------------------------------------------------------------------------------
     c["err_scale"][s] = np.where(

@@ -24,40 +24,47 @@ class ProcessorParams:
     seasonal_min_days: int = 3  # observations of a time-of-day bucket before departures count
     forecast_min: int = 3  # readings an entity needs before it gets forecasts
     cusum_k: float = 2.0  # CUSUM slack, in seasonal scales: weather and weekdays stay below
-    cusum_h: float = 10.0  # CUSUM level at which the seasonal detector scores 0.5
-    z_mid: float = 6.0  # |z| at which a z-score detector scores 0.5
-    z_width: float = 0.8  # logistic width of z-score detectors
-    stuck_mid: float = 6.0  # identical consecutive readings at which `stuck` scores 0.5
+    cusum_h: float = 10.0  # CUSUM sums restart above 3x this, so a new change can show
     stuck_max_repeat_rate: float = 0.05  # entities repeating more often than this never stick
     lik_min: int = 150  # readings behind the long-run statistics before tail scores count
     lik_short_rate: float = 0.2  # EWMA weight of the recent mean error / value (about 9 readings)
     lik_long_rate: float = 0.0005  # EWMA weight of the long-run mean and variance of those means
     lik_floor: float = 0.05  # smallest sd of the recent mean error (in long-run error scales)
     lik_clip: float = 4.0  # long-run statistics learn values winsorised at this many sds
-    lik_decades: float = 10.0  # score = -log10(tail probability) / this: 1e-5 is 0.5 (info)
     lvl_short_rate: float = 0.2  # EWMA weight of the recent mean value for the level detector
     lvl_long_rate: float = 0.0005  # EWMA weight of its long-run mean and variance
     lvl_min: int = 300  # readings behind the level detector's long-run statistics before it scores
+    nov_out_rate: float = 0.1  # how far a reading outside the range pulls the bound out
+    nov_in_rate: float = 0.0002  # how fast the range's bounds creep towards its middle
     weekly_min_weeks: int = 2  # weeks of departures before the level detector adjusts by weekday
     weekly_rate: float = 0.3  # weight of the newest week in an hour-of-week bucket
     hst_trees: int = 15
     hst_height: int = 8
     hst_window: int = 250
     hst_learn_every: int = 16  # learn one in N readings: the model is global, not per entity
-    hst_gate: float = 0.3  # only readings some fast detector scores above this are sent to HST
-    weights: tuple[tuple[str, float], ...] = (
-        ("residual", 1.0),
-        ("seasonal", 0.9),
-        ("stuck", 0.95),
-        ("channel", 1.0),
-        ("hst", 0.2),
-        ("likelihood", 1.0),
-        ("level", 1.0),
-        ("iforest", 0.4),  # the batch anomaly model of a loaded set (absent: not fused)
+    gate_decades: float = 2.0  # readings some detector puts below 10^-this go to HST / batch model
+    # -- calibrated tails (models.tails) and fusion (models.fusion) --------------------------
+    tail_quantile: float = 0.97  # the tail of a statistic starts at this quantile of it
+    tail_step: float = 0.05  # quantile-tracking step, in mean absolute deviations of the statistic
+    tail_rate: float = 0.02  # EWMA weight of the newest excess in the tail's moments
+    tail_share_rate: float = 0.002  # EWMA weight of "above u" in the tail's share
+    tail_xi_max: float = 0.45  # heaviest tail shape allowed (0: exponential)
+    tail_cap: float = 8.0  # one excess counts at most this many mean excesses
+    tail_alarm_cap: float = 2.0  # ... and this many if it alone reaches the emit threshold
+    tail_min: int = 100  # statistics learned before a tail scores
+    tail_min_excess: int = 5  # excesses learned before a tail scores
+    stuck_rate_floor: float = 0.02  # repeats are never taken as rarer than this
+    score_decades: float = 10.0  # score = -log10(fused tail probability) / this, in [0, 1]
+    detectors: tuple[str, ...] = (
+        "residual",
+        "seasonal",
+        "stuck",
+        "channel",
+        "likelihood",
+        "level",
+        "novelty",
+        "iforest",  # the batch anomaly model of a loaded set (absent: not fused)
     )
-    calibration_min: int = 200  # warm readings before an entity's scores are calibrated
-    calibration_rate: float = 0.002  # EWMA weight of the running score mean and variance
-    calibration_floor: float = 0.05  # smallest standard deviation of the score distribution
     emit_threshold: float = 0.5  # fused score from which an anomaly event is published
     severity_thresholds: tuple[tuple[str, float], ...] = (
         ("critical", 0.9),
@@ -66,7 +73,10 @@ class ProcessorParams:
     )
     drift_delta: float = 0.002  # ADWIN confidence of the fleet residual-drift detector
     drift_sample_every: int = 1  # feed it one warm reading in N (a hash sample) on large fleets
-    cooldown_s: int = 3600  # one incident per entity per cooldown, unless severity rises
+    cooldown_s: int = 3600  # an incident lasts while high scores come less than this apart
+    incident_discount: float = (
+        0.3  # a high score that is no news within an incident is shown x this
+    )
     seed: int = 42
     extra: dict[str, float] = field(default_factory=dict)
 
@@ -90,9 +100,12 @@ class ProcessorParams:
             "lvl_short_rate",
             "lvl_long_rate",
             "weekly_rate",
+            "nov_out_rate",
         ):
             rate = getattr(self, name)
             if not 0.0 < rate <= 1.0:
                 raise ValueError(f"{name} must be in (0, 1], got {rate}")
+        if not 0.0 < self.incident_discount < 1.0:
+            raise ValueError(f"incident_discount must be in (0, 1), got {self.incident_discount}")
         if not 0.0 <= self.emit_threshold <= 1.0:
             raise ValueError(f"emit_threshold must be in [0, 1], got {self.emit_threshold}")

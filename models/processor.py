@@ -22,16 +22,18 @@ import numpy as np
 import river
 
 from models import detectors as det
+from models import fusion, tails
 from models.batch_anomaly import DETECTOR as BATCH_DETECTOR
 from models.batch_anomaly import BatchAnomalyModel, anomaly_features
+from models.batch_anomaly import log10_tail as batch_log10_tail
 from models.drift import ResidualDrift
 from models.events import build_events
 from models.forecasting import Forecaster, Part, Recorder
-from models.learning import Observed, learn
-from models.likelihood import score_and_learn as likelihood_scores
-from models.nowcast import MODEL_VERSION, bucket_of, expected_value, steps_ahead, week_bucket_of
+from models.learning import learn
+from models.nowcast import MODEL_VERSION
 from models.online import GatedHalfSpaceTrees
 from models.params import ProcessorParams
+from models.scoring import score_round
 from models.state import NO_TS, EntityState
 from schemas.batch import (
     AnomalyRecord,
@@ -44,8 +46,7 @@ from schemas.batch import (
 if TYPE_CHECKING:
     from models.ensemble import NowcastEnsemble
 
-SNAPSHOT_FORMAT = 1
-WEEK_MS = 7 * 86_400_000
+SNAPSHOT_FORMAT = 2
 
 
 @dataclass(slots=True)
@@ -140,7 +141,8 @@ class GridProcessor:
                 rounds.append(rnd)
         t1 = perf_counter()
         if rounds:
-            self._online_scores(batch, keys, rounds)
+            if "hst" in self.params.detectors:
+                self._online_scores(batch, keys, rounds)
             self._batch_model_scores(rounds)
         t2 = perf_counter()
         emitted: list[tuple[int, AnomalyRecord]] = []
@@ -201,144 +203,38 @@ class GridProcessor:
     def _round(
         self, batch: ReadingBatch, rows: np.ndarray, s: np.ndarray, res: ProcessResult
     ) -> _Round | None:
+        """Order checks, scoring against the state before, learning, then forecasting."""
         p, c = self.params, self.state.cols
-        ts = batch.ts_ms[rows]
-        v = batch.value[rows]
-        last_ts = c["last_ts"][s]
-        seen = last_ts != NO_TS
-        same_ts = seen & (ts == last_ts)
-        duplicate = same_ts & (v == c["last_value"][s])
-        conflict = same_ts & ~duplicate
-        late = seen & (ts < last_ts)
-        res.counters["dropped_duplicate"] += int(duplicate.sum())
-        for j in np.flatnonzero(conflict | late):
-            src = int(batch.src_index[rows[j]])
-            if conflict[j]:
-                msg = f"ts {int(ts[j])} already seen with value {float(c['last_value'][s[j]])!r}"
-                res.rejections.append(Rejection(src, "conflicting_duplicate", msg))
-            else:
-                msg = f"ts {int(ts[j])} is before the entity's last reading at {int(last_ts[j])}"
-                res.rejections.append(Rejection(src, "out_of_order", msg))
-        ok = ~(same_ts | late)
-        if not ok.all():
-            rows, s, ts, v, last_ts, seen = rows[ok], s[ok], ts[ok], v[ok], last_ts[ok], seen[ok]
-        if rows.size == 0:
+        kept = _order_checks(batch, rows, s, c, res)
+        if kept is None:
             return None
-
-        # -- score against the state before this reading ------------------------------------
-        bucket = bucket_of(ts, p)
-        prof = c["profile"][s, bucket].astype(np.float64)
-        prof_n = c["profile_n"][s, bucket]
-        prof_seen = prof_n > 0
-        prof_trusted = prof_n >= p.seasonal_min_days
-        level = c["level"][s]
-        interval = c["interval_ms"][s]
-        delta = np.where(seen, ts - last_ts, 0).astype(np.float64)
-        steps = steps_ahead(delta, interval, p)
-        expected = expected_value(prof, prof_seen, c["deviation"][s], level, steps, p)
-        resid = v - expected
-        z = det.robust_z(resid, c["scale"][s], level)
-        dev_s = np.where(prof_seen, v - prof, 0.0)
-        # Departures from the profile are wider where the one-step noise is (ramps and peaks of
-        # a load whose noise grows with it): widen the seasonal scale by how much this bucket's
-        # residual scale exceeds the entity's long-run one, so a ramp is not a level shift.
-        tod_scale = c["resid_prof"][s, bucket].astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            tod_ratio = tod_scale / c["err_scale"][s]
-        tod_ratio = np.where(prof_trusted & np.isfinite(tod_ratio), np.maximum(tod_ratio, 1.0), 1.0)
-        zs = det.robust_z(dev_s, c["seasonal_scale"][s] * tod_ratio, level)
-        zs = np.where(prof_trusted & (c["seasonal_n"][s] >= p.warmup), zs, 0.0)
-        cpos, cneg, seasonal = det.cusum_update(c["cusum_pos"][s], c["cusum_neg"][s], zs, p)
-        same_value = seen & (v == c["last_value"][s])
-        run = np.where(same_value, c["run"][s] + 1, 0)
-        stuck = det.stuck_score(run, c["repeat_rate"][s], p)
-        chan_vals = np.column_stack([getattr(batch, name)[rows] for name in _CHANNELS])
-        zc_all = det.robust_z(chan_vals - c["chan_mean"][s], c["chan_scale"][s], c["chan_mean"][s])
-        zc_all = np.where(np.isfinite(chan_vals), zc_all, 0.0)
-        zc = np.abs(zc_all[:, det.SCORED_CHANNELS]).max(axis=1)
-        warm = c["count"][s] >= p.warmup
-        wbucket = week_bucket_of(ts)
-        week_dev = c["week_dev"][s, wbucket].astype(np.float64)
-        week_start = c["week_start"][s]
-        weekly = (
-            prof_trusted
-            & (week_start != NO_TS)
-            & (ts - np.where(week_start == NO_TS, ts, week_start) >= p.weekly_min_weeks * WEEK_MS)
-        )
-        dev_w = dev_s - np.where(weekly & np.isfinite(week_dev), week_dev, 0.0)
-        tail, tail_z = likelihood_scores(c, s, v, resid, dev_w, prof_trusted, weekly, p)
-        scores = {
-            "residual": det.z_score(z, p),
-            "seasonal": seasonal,
-            "stuck": stuck,
-            "channel": det.z_score(zc, p),
-            **tail,
-        }
-        fast_max = np.maximum.reduce(list(scores.values()))
-        batch_x = None
-        if self.batch_model is not None or self._recorder is not None:
-            batch_x = anomaly_features(z, zs, np.maximum(cpos, cneg), zc, run, **tail_z)
-            if self._recorder is not None:
-                self._recorder.add_detector_features(batch_x[warm])
-        rnd = _Round(
-            rows=rows,
-            s=s,
-            ts=ts,
-            warm=warm,
-            scores=scores,
-            hst_x=self.online.features(z, zs, np.maximum(cpos, cneg), zc, run),
-            hst_gate=fast_max > p.hst_gate,
-            batch_x=batch_x,
-            feats={
-                "z": z,
-                "zs": zs,
-                "zc": zc_all,
-                "expected": expected,
-                "prof": prof,
-                "prof_seen": prof_seen,
-                "run": run,
-                "chan_mean": c["chan_mean"][s],  # a copy: the state before learning
-                **tail_z,
-            },
-        )
-        res.expected[rows] = expected
-        res.residual_z[rows] = np.where(warm, z, np.nan)
+        rows, s, seen = kept
+        sc = score_round(p, c, batch, rows, s, seen)
+        ts, warm = sc.observed.ts, sc.warm
+        res.expected[rows] = sc.feats["expected"]
+        res.residual_z[rows] = np.where(warm, sc.feats["z"], np.nan)
         res.counters["scored"] += int(warm.sum())
         res.counters["warming_up"] += int((~warm).sum())
-
-        # -- learn ---------------------------------------------------------------------------
-        if self._recorder is not None:
-            self._recorder.add_actuals(s, ts, v)
-        learn(
-            p,
-            c,
-            Observed(
-                s,
-                ts,
-                v,
-                seen,
-                delta,
-                bucket,
-                prof,
-                prof_seen,
-                level,
-                steps,
-                resid,
-                dev_s,
-                run,
-                same_value,
-                chan_vals,
-                cpos,
-                cneg,
-                tod_scale,
-                wbucket,
-                week_dev,
-            ),
-        )
+        batch_x = None
+        if self.batch_model is not None or self._recorder is not None:
+            f = sc.feats
+            batch_x = anomaly_features(
+                f["z"],
+                f["zs"],
+                f["cusum"],
+                np.abs(f["zc"][:, det.SCORED_CHANNELS]).max(axis=1),
+                f["run"],
+                f["z_lik"],
+                f["z_lvl"],
+            )
+            if self._recorder is not None:
+                self._recorder.add_detector_features(batch_x[warm])
+                self._recorder.add_actuals(s, ts, sc.observed.v)
+        learn(p, c, sc.observed)
         started = perf_counter()
-        rnd.forecast = self.forecaster.forecast(c, rows, s, ts, batch.kind[rows] == "meter")
+        forecast = self.forecaster.forecast(c, rows, s, ts, batch.kind[rows] == "meter")
         res.timings["nowcast"] = res.timings.get("nowcast", 0.0) + perf_counter() - started
-        return rnd
+        return _Round(rows, s, ts, warm, sc.logp, sc.hst_x, sc.gate, sc.feats, batch_x, forecast)
 
     def _online_scores(self, batch: ReadingBatch, keys: list[str], rounds: list[_Round]) -> None:
         """The river model over the batch's scored readings one by one, in arrival order."""
@@ -349,13 +245,13 @@ class GridProcessor:
         def cat(name: str) -> np.ndarray:
             return np.concatenate([getattr(r, name) for r in rounds])[order]
 
-        learn = self.online.learn_schedule([keys[i] for i in arrival], batch.ts_ms[arrival])
+        learn_rows = self.online.learn_schedule([keys[i] for i in arrival], batch.ts_ms[arrival])
         by_row = np.zeros(len(batch), dtype=np.float64)
         by_row[arrival] = self.online.score_and_learn(
-            cat("hst_x"), cat("hst_gate"), cat("warm"), learn
+            cat("hst_x"), cat("gate"), cat("warm"), learn_rows
         )
         for r in rounds:
-            r.scores["hst"] = by_row[r.rows]
+            r.raw["hst"] = by_row[r.rows]
 
     def _batch_model_scores(self, rounds: list[_Round]) -> None:
         """The loaded batch anomaly model over the gated warm readings, one call per batch.
@@ -364,7 +260,7 @@ class GridProcessor:
         model = self.batch_model
         if model is None:
             return
-        gates = [r.hst_gate & r.warm if r.batch_x is not None else None for r in rounds]
+        gates = [r.gate & r.warm if r.batch_x is not None else None for r in rounds]
         xs = [r.batch_x[g] for r, g in zip(rounds, gates, strict=True) if g is not None]
         scored = model.score(np.concatenate(xs)) if xs else np.zeros(0)
         at = 0
@@ -374,43 +270,35 @@ class GridProcessor:
                 k = int(g.sum())
                 out[g] = scored[at : at + k]
                 at += k
-            r.scores[BATCH_DETECTOR] = out
+            r.raw[BATCH_DETECTOR] = out
 
     def _fuse_and_emit(
         self, batch: ReadingBatch, rnd: _Round, res: ProcessResult, now_ms: int
     ) -> list[tuple[int, AnomalyRecord]]:
         """Fused score and severity of a round, and its events (with their input rows)."""
         p, c = self.params, self.state.cols
-        rows, s, ts, warm, scores = rnd.rows, rnd.s, rnd.ts, rnd.warm, rnd.scores
-        raw = np.where(warm, det.fuse(scores, p), 0.0)
-        fused = np.where(warm, det.calibrate(raw, c, s, warm, p), 0.0)
-        rank = np.where(warm, det.severity_rank(fused, p), -1)
-        res.score[rows] = np.where(warm, fused, np.nan)
+        rows, s, ts, warm = rnd.rows, rnd.s, rnd.ts, rnd.warm
+        logp = dict(rnd.logp)
+        if BATCH_DETECTOR in rnd.raw:  # calibrated on its training distribution
+            logp[BATCH_DETECTOR] = batch_log10_tail(rnd.raw[BATCH_DETECTOR])
+        if "hst" in rnd.raw:  # river's mass score, calibrated per entity like a statistic
+            stat = np.where(rnd.gate & warm & (rnd.raw["hst"] > 0), rnd.raw["hst"], np.nan)
+            logp["hst"] = tails.score_and_learn(c, s, tails.TAIL_SLOTS["hst"], stat, p)
+        fused = np.where(warm, fusion.score_of(fusion.fuse(logp, p), p), 0.0)
+        shown, rank, news = fusion.incidents(c, s, ts, fused, warm, p)
+        res.score[rows] = np.where(warm, shown, np.nan)
         res.severity[rows] = rank
-        # An event needs a severity: below the info threshold there is none to publish.
-        over = warm & (fused >= p.emit_threshold) & (rank >= 0)
-        if not over.any():
-            return []
-        # One incident, one event: an incident lasts while readings stay above threshold with
-        # gaps shorter than the cooldown; within it only a higher severity is published again.
-        last_ts = c["last_event_ts"][s]  # NO_TS: no incident yet (ts - NO_TS would overflow)
-        last_rank = c["last_event_rank"][s]
-        ongoing = (last_ts != NO_TS) & (ts - last_ts < p.cooldown_s * 1000)
-        in_cooldown = ongoing & (rank <= last_rank)
-        emit = over & ~in_cooldown
-        res.counters["suppressed_cooldown"] += int((over & in_cooldown).sum())
-        c["last_event_ts"][s[over]] = ts[over]
-        c["last_event_rank"][s[over]] = np.where(
-            ongoing[over], np.maximum(rank[over], last_rank[over]), rank[over]
-        )
-        idx = np.flatnonzero(emit)
+        over = warm & (fused >= p.emit_threshold)
+        res.counters["suppressed_cooldown"] += int((over & ~news).sum())
+        idx = np.flatnonzero(news)
         if idx.size == 0:
             return []
-        feats = rnd.feats
-        if BATCH_DETECTOR in scores:
-            feats = {**feats, BATCH_DETECTOR: scores[BATCH_DETECTOR]}
+        scores = {name: fusion.score_of(lp, p) for name, lp in logp.items()}
+        feats = dict(rnd.feats)
+        if BATCH_DETECTOR in rnd.raw:
+            feats[BATCH_DETECTOR] = rnd.raw[BATCH_DETECTOR]
         events = build_events(
-            batch, rows, idx, fused, rank, scores, feats, p, self.model_versions, now_ms
+            batch, rows, idx, shown, rank, scores, feats, p, self.model_versions, now_ms
         )
         for ev in events:
             res.counters[f"anomalies_{ev.severity}"] += 1
@@ -452,15 +340,44 @@ class _Round:
     s: np.ndarray
     ts: np.ndarray
     warm: np.ndarray
-    scores: dict[str, np.ndarray]
+    logp: dict[str, np.ndarray]  # per-reading detectors: log10 tail probabilities
     hst_x: np.ndarray
-    hst_gate: np.ndarray
+    gate: np.ndarray
     feats: dict[str, np.ndarray]
     batch_x: np.ndarray | None = None  # batch anomaly model features, when it is needed
     forecast: Part | None = None
+    raw: dict[str, np.ndarray] = field(default_factory=dict)  # per-batch models' raw scores
 
 
-_CHANNELS = ("reactive", "voltage", "current", "frequency", "temperature")
+def _order_checks(
+    batch: ReadingBatch,
+    rows: np.ndarray,
+    s: np.ndarray,
+    c: dict[str, np.ndarray],
+    res: ProcessResult,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Drop redeliveries, reject late and conflicting readings; ``(rows, slots, seen)`` kept."""
+    ts = batch.ts_ms[rows]
+    v = batch.value[rows]
+    last_ts = c["last_ts"][s]
+    seen = last_ts != NO_TS
+    same_ts = seen & (ts == last_ts)
+    duplicate = same_ts & (v == c["last_value"][s])
+    conflict = same_ts & ~duplicate
+    late = seen & (ts < last_ts)
+    res.counters["dropped_duplicate"] += int(duplicate.sum())
+    for j in np.flatnonzero(conflict | late):
+        src = int(batch.src_index[rows[j]])
+        if conflict[j]:
+            msg = f"ts {int(ts[j])} already seen with value {float(c['last_value'][s[j]])!r}"
+            res.rejections.append(Rejection(src, "conflicting_duplicate", msg))
+        else:
+            msg = f"ts {int(ts[j])} is before the entity's last reading at {int(last_ts[j])}"
+            res.rejections.append(Rejection(src, "out_of_order", msg))
+    ok = ~(same_ts | late)
+    if not ok.all():
+        rows, s, seen = rows[ok], s[ok], seen[ok]
+    return None if rows.size == 0 else (rows, s, seen)
 
 
 def _rounds(slots: np.ndarray) -> list[np.ndarray]:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from models import tails
 from models.params import ProcessorParams
 
 NO_TS = np.iinfo(np.int64).min
@@ -32,9 +33,6 @@ _SCALARS: dict[str, tuple[type, float]] = {
     "run": (np.int64, 0),  # identical consecutive values so far
     "repeat_rate": (np.float64, 0.0),  # EWMA of "value equals previous value"
     "head": (np.int64, 0),  # next write position in the ring
-    "score_mean": (np.float64, np.nan),  # running mean of the fused score (calibration)
-    "score_var": (np.float64, np.nan),
-    "score_n": (np.int64, 0),
     "err_scale": (np.float64, np.nan),  # slow EWMA of |one-step residual| (likelihood)
     "err_short": (np.float64, np.nan),  # recent mean of |residual| / err_scale
     "err_mean": (np.float64, np.nan),  # long-run mean and variance of err_short
@@ -46,6 +44,8 @@ _SCALARS: dict[str, tuple[type, float]] = {
     "lvl_n": (np.int64, 0),
     "lvl_dev": (np.int8, 0),  # 1 once the level detector follows departures from the profile,
     # 2 once it follows departures from the profile and the weekly profile
+    "nov_lo": (np.float64, np.nan),  # the range the entity has shown (models.novelty)
+    "nov_hi": (np.float64, np.nan),
     "week_start": (np.int64, NO_TS),  # first reading whose departure the weekly profile learned
     "last_event_ts": (np.int64, NO_TS),
     "last_event_rank": (np.int64, -1),  # severity rank of the last event published
@@ -87,6 +87,9 @@ class EntityState:
         shapes["week_n"] = ((WEEK_BUCKETS,), np.uint16, 0)
         shapes["chan_mean"] = ((nch,), np.float64, np.nan)
         shapes["chan_scale"] = ((nch,), np.float64, np.nan)
+        # peaks-over-threshold model of every calibrated detector statistic (models.tails)
+        for name, init in tails.init_values().items():
+            shapes[name] = ((tails.N_TAILS,), np.float64, init)
         return shapes
 
     def _allocate(self, capacity: int) -> None:

@@ -42,9 +42,15 @@ P = ProcessorParams()
 P_SHORT = ProcessorParams(seasonal_min_days=1)
 # The river model scores only after it learned a full window: these make it take part in short
 # streams (small window, learn every other reading, a gate most readings pass under).
-P_HST = replace(P_SHORT, hst_window=16, hst_learn_every=2, hst_gate=0.01)
-# The river model never scores: entities are then fully independent of each other.
-P_NO_HST = ProcessorParams(hst_gate=2.0)
+P_HST = replace(
+    P_SHORT,
+    hst_window=16,
+    hst_learn_every=2,
+    gate_decades=0.01,
+    detectors=(*P.detectors, "hst"),
+)
+# The river model is off by default: entities are then fully independent of each other.
+P_NO_HST = ProcessorParams()
 REJECTIONS = {"out_of_order", "conflicting_duplicate"}
 
 
@@ -185,7 +191,8 @@ def test_contract_stream_exercises_everything(
     assert {r[1] for r in flat.rejections} == REJECTIONS
     assert len(flat.forecasts["p50"]) > 0
     fired = {name for e in flat.anomalies for name in e.fired}
-    assert {"residual", "seasonal", "stuck", "channel"} <= fired, fired
+    # two days: the seasonal detector's tail is not ready yet (models.tails needs tail_min)
+    assert {"residual", "stuck", "channel"} <= fired, fired
     if params is P_HST:
         assert proc.online.scored > 0 and proc.online.learned > 2 * params.hst_window
 
@@ -200,7 +207,7 @@ def test_split_invariance_batch_equals_one_by_one(
 
 
 def test_events_come_in_input_order_when_a_batch_holds_several_readings_per_entity() -> None:
-    cols = daily_load([("a", "meter"), ("b", "meter")], days=1, seed=23)
+    cols = daily_load([("a", "meter"), ("b", "meter")], days=2, seed=23)
     proc = GridProcessor(P)
     proc.process_batch(to_batch(cols), NOW_MS)
     t = int(cols["ts_ms"][-1]) + STEP_MS
@@ -574,9 +581,9 @@ def test_events_match_their_readings(scenario: Scenario) -> None:
 def test_event_severity_agrees_with_its_score_whatever_the_emit_threshold(
     emit_threshold: float,
 ) -> None:
-    cols = daily_load([("m", "meter")], days=2, seed=3)
+    cols = daily_load([("m", "meter")], days=4, seed=3)
     for k, factor in enumerate((3.0, 1.15, 1.2, 1.25, 1.3, 1.5, 1.18, 1.22)):
-        cols["value"][100 + 12 * k] *= factor  # a big spike, then small ones, a cooldown apart
+        cols["value"][200 + 12 * k] *= factor  # a big spike, then small ones, a cooldown apart
     params = ProcessorParams(emit_threshold=emit_threshold)
     _, flat = run([to_batch(cols)], params)
     assert flat.anomalies
@@ -746,14 +753,16 @@ def test_reading_dict_uses_contract_names_and_leaves_out_absent_channels() -> No
 
 
 def test_sustained_sag_stays_anomalous_and_is_one_incident() -> None:
-    """A four-hour voltage sag is not learned as normal while it lasts, yields one event (the
-    incident continues while readings stay above threshold), and its recovery is not flagged."""
+    """A four-hour voltage sag is not learned as normal while it lasts, yet yields one event and
+    one high score: the incident continues while readings stay above threshold, and those that
+    are no news are shown below it. Its recovery is not flagged."""
     cols = daily_load(entities=(("m1", "meter"),), days=5.0)
     start = 4 * 96 + 40  # day 5, 10:00
     sag = slice(start, start + 16)
     cols["voltage"][sag] *= 0.85
     result = GridProcessor(P).process_batch(to_batch(cols), NOW_MS)
-    assert np.all(result.score[sag] >= P.emit_threshold)
+    assert result.score[sag][0] >= P.emit_threshold
+    assert np.all(result.score[sag][1:] < P.emit_threshold)
     after = result.score[start + 18 : start + 30]
     assert np.all(after < P.emit_threshold)  # the return to normal is not an anomaly
     in_sag = [

@@ -1,0 +1,220 @@
+"""Scoring one round: features of every reading against the state before it, and the detectors.
+
+Each detector yields a non-negative *statistic*; ``models.tails`` turns it into the ``log10``
+probability of a statistic at least that large under the entity's own recent behaviour. The
+statistics are:
+
+- ``residual``: |one-step residual| of the nowcast over its robust scale (spikes, dips);
+- ``seasonal``: a two-sided CUSUM of departures from the time-of-day profile (level changes and
+  drift of loads with a daily rhythm);
+- ``channel``: the largest |departure| of voltage or frequency from its own recent mean;
+- ``likelihood``: the recent mean |error| against its long-run distribution (bursts of noise,
+  changed rhythm; ``models.likelihood``);
+- ``level``: the recent mean value (or departure from the profile) against its long-run
+  distribution, at two time scales (level shifts, slow drift);
+- ``novelty``: how far the reading lies outside the range the entity has shown
+  (``models.novelty``);
+- ``stuck``: identical consecutive readings, scored by their geometric probability.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from models import detectors as det
+from models import tails
+from models.learning import Observed
+from models.likelihood import score_and_learn as likelihood_stats
+from models.novelty import overshoot_and_learn
+from models.nowcast import bucket_of, expected_value, steps_ahead, week_bucket_of
+from models.params import ProcessorParams
+from models.state import NO_TS
+from schemas.batch import ReadingBatch
+
+WEEK_MS = 7 * 86_400_000
+CHANNELS = ("reactive", "voltage", "current", "frequency", "temperature")
+
+
+@dataclass(slots=True)
+class Scored:
+    """A round's readings after scoring: log10 tail probabilities and explanation features."""
+
+    logp: dict[str, np.ndarray]  # detector -> log10 P(statistic at least this large)
+    feats: dict[str, np.ndarray]
+    observed: Observed
+    warm: np.ndarray
+    hst_x: np.ndarray
+    gate: np.ndarray  # readings some fast detector finds suspicious (for HST / batch model)
+
+
+def score_round(
+    p: ProcessorParams,
+    c: dict[str, np.ndarray],
+    batch: ReadingBatch,
+    rows: np.ndarray,
+    s: np.ndarray,
+    seen: np.ndarray,
+) -> Scored:
+    """Features and detector probabilities of a round's readings, before they are learned.
+
+    Learns the detector memories that live only here (tail models, likelihood statistics);
+    ``models.learning.learn`` learns the rest from ``Scored.observed``.
+    """
+    ts, v = batch.ts_ms[rows], batch.value[rows]
+    o = _features(p, c, batch, rows, s, ts, v, seen)
+    f = o.feats
+    warm = c["count"][s] >= p.warmup
+    cpos, cneg, cusum = det.cusum_update(c["cusum_pos"][s], c["cusum_neg"][s], f["zs"], p)
+    tail_x, tail_z = likelihood_stats(c, s, v, o.resid, o.dev_w, o.prof_trusted, o.weekly, p)
+    zc = np.abs(f["zc"][:, det.SCORED_CHANNELS]).max(axis=1)
+    stats = {
+        "residual": np.abs(f["z"]),
+        "seasonal": np.where(o.prof_trusted, cusum, np.nan),
+        "channel": np.where(np.isfinite(f["chan_any"]), zc, np.nan),
+        **tail_x,
+        "novelty": overshoot_and_learn(c, s, v, p),
+    }
+    logp = {}
+    for name, x in stats.items():
+        x = np.where(warm, x, np.nan)  # a cold entity's statistics are noise: not learned
+        logp[name] = tails.score_and_learn(c, s, tails.TAIL_SLOTS[name], x, p)
+    logp["stuck"] = np.where(warm, tails.stuck_log10p(o.run, c["repeat_rate"][s], p), 0.0)
+    strongest = np.minimum.reduce(list(logp.values()))
+    observed = Observed(
+        s=s,
+        ts=ts,
+        v=v,
+        seen=seen,
+        delta=o.delta,
+        bucket=o.bucket,
+        prof=f["prof"],
+        prof_seen=f["prof_seen"],
+        level=o.level,
+        steps=o.steps,
+        resid=o.resid,
+        dev_s=o.dev_s,
+        run=o.run,
+        same_value=o.same_value,
+        chan_vals=o.chan_vals,
+        cpos=cpos,
+        cneg=cneg,
+        tod_scale=o.tod_scale,
+        wbucket=o.wbucket,
+        week_dev=o.week_dev,
+    )
+    feats = {**f, "run": o.run, "cusum": cusum, **tail_z}
+    hst_x = _hst_features(f["z"], f["zs"], cusum, zc, o.run)
+    return Scored(logp, feats, observed, warm, hst_x, strongest < -p.gate_decades)
+
+
+@dataclass(slots=True)
+class _Features:
+    feats: dict[str, np.ndarray]
+    delta: np.ndarray
+    bucket: np.ndarray
+    level: np.ndarray
+    steps: np.ndarray
+    resid: np.ndarray
+    dev_s: np.ndarray
+    dev_w: np.ndarray
+    run: np.ndarray
+    same_value: np.ndarray
+    chan_vals: np.ndarray
+    tod_scale: np.ndarray
+    wbucket: np.ndarray
+    week_dev: np.ndarray
+    prof_trusted: np.ndarray
+    weekly: np.ndarray
+
+
+def _features(
+    p: ProcessorParams,
+    c: dict[str, np.ndarray],
+    batch: ReadingBatch,
+    rows: np.ndarray,
+    s: np.ndarray,
+    ts: np.ndarray,
+    v: np.ndarray,
+    seen: np.ndarray,
+) -> _Features:
+    """Expected value, residuals and standardised departures against the state before."""
+    bucket = bucket_of(ts, p)
+    prof = c["profile"][s, bucket].astype(np.float64)
+    prof_n = c["profile_n"][s, bucket]
+    prof_seen = prof_n > 0
+    prof_trusted = prof_n >= p.seasonal_min_days
+    level = c["level"][s]
+    delta = np.where(seen, ts - c["last_ts"][s], 0).astype(np.float64)
+    steps = steps_ahead(delta, c["interval_ms"][s], p)
+    expected = expected_value(prof, prof_seen, c["deviation"][s], level, steps, p)
+    resid = v - expected
+    z = det.robust_z(resid, c["scale"][s], level)
+    dev_s = np.where(prof_seen, v - prof, 0.0)
+    # Departures from the profile are wider where the one-step noise is (ramps and peaks of a
+    # load whose noise grows with it): widen the seasonal scale by how much this bucket's
+    # residual scale exceeds the entity's long-run one, so a ramp is not a level shift.
+    tod_scale = c["resid_prof"][s, bucket].astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tod_ratio = tod_scale / c["err_scale"][s]
+    tod_ratio = np.where(prof_trusted & np.isfinite(tod_ratio), np.maximum(tod_ratio, 1.0), 1.0)
+    zs = det.robust_z(dev_s, c["seasonal_scale"][s] * tod_ratio, level)
+    zs = np.where(prof_trusted & (c["seasonal_n"][s] >= p.warmup), zs, 0.0)
+    same_value = seen & (v == c["last_value"][s])
+    run = np.where(same_value, c["run"][s] + 1, 0)
+    chan_vals = np.column_stack([getattr(batch, name)[rows] for name in CHANNELS])
+    zc = det.robust_z(chan_vals - c["chan_mean"][s], c["chan_scale"][s], c["chan_mean"][s])
+    zc = np.where(np.isfinite(chan_vals), zc, 0.0)
+    chan_any = np.where(np.isfinite(chan_vals[:, det.SCORED_CHANNELS]).any(axis=1), 1.0, np.nan)
+    wbucket = week_bucket_of(ts)
+    week_dev = c["week_dev"][s, wbucket].astype(np.float64)
+    week_start = c["week_start"][s]
+    weekly = (
+        prof_trusted
+        & (week_start != NO_TS)
+        & (ts - np.where(week_start == NO_TS, ts, week_start) >= p.weekly_min_weeks * WEEK_MS)
+    )
+    dev_w = dev_s - np.where(weekly & np.isfinite(week_dev), week_dev, 0.0)
+    feats = {
+        "z": z,
+        "zs": zs,
+        "zc": zc,
+        "chan_any": chan_any,
+        "expected": expected,
+        "prof": prof,
+        "prof_seen": prof_seen,
+        "chan_mean": c["chan_mean"][s],  # a copy: the state before learning
+    }
+    return _Features(
+        feats,
+        delta,
+        bucket,
+        level,
+        steps,
+        resid,
+        dev_s,
+        dev_w,
+        run,
+        same_value,
+        chan_vals,
+        tod_scale,
+        wbucket,
+        week_dev,
+        prof_trusted,
+        weekly,
+    )
+
+
+def _hst_features(
+    z: np.ndarray, zs: np.ndarray, cusum: np.ndarray, zc: np.ndarray, run: np.ndarray
+) -> np.ndarray:
+    """Each standardised feature squashed into [0, 1], the range HalfSpaceTrees expects."""
+    cols = [
+        np.tanh(np.abs(z) / 8.0),
+        np.tanh(np.abs(zs) / 8.0),
+        np.tanh(cusum / 30.0),
+        np.tanh(np.abs(zc) / 8.0),
+        np.tanh(run / 10.0),
+    ]
+    return np.column_stack(cols)
