@@ -48,8 +48,8 @@ from sinks.encode import encode_anomalies, encode_dead_letters, encode_forecasts
 from sinks.exceptions import SinkError
 from sinks.topics import TopicSink
 from streams.config import ConfigError, Settings
-from streams.monitor import NullMonitor, RunnerMonitor
-from streams.runner import (
+from streams.ops.monitor import NullMonitor, RunnerMonitor
+from streams.runtime.runner import (
     BatchReport,
     RunStats,
     StreamRunner,
