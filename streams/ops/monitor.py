@@ -36,7 +36,7 @@ from streams.ops.metrics import STATE_EVENTS, GridMetrics
 
 if TYPE_CHECKING:
     from models.processor import GridProcessor
-    from streams.runtime.runner import BatchReport
+    from streams.ops.report import BatchReport
 
 log = logging.getLogger("gridstream.monitor")
 

@@ -49,8 +49,8 @@ from sinks.exceptions import SinkError
 from sinks.topics import TopicSink
 from streams.config import ConfigError, Settings
 from streams.ops.monitor import NullMonitor, RunnerMonitor
+from streams.ops.report import BatchReport
 from streams.runtime.runner import (
-    BatchReport,
     RunStats,
     StreamRunner,
     _accepted,

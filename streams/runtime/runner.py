@@ -40,33 +40,13 @@ from sinks.topics import TopicSink
 from sinks.transactions import TransactionalTopics
 from streams.config import Settings, TopicSettings
 from streams.ops.monitor import NullMonitor, RunnerMonitor
+from streams.ops.report import BatchReport
 from streams.runtime.failpoints import Failpoints
 from streams.state.checkpoints import CheckpointStore
 from streams.state.recovery import PartitionStates
 from streams.state.tasks import TaskId, TaskSet
 
 log = logging.getLogger("gridstream.runner")
-
-
-@dataclass(slots=True)
-class BatchReport:
-    """What one batch did, for progress displays and metrics."""
-
-    consumed: int
-    readings: int
-    dead_letters: int
-    forecasts: int
-    anomalies: int
-    duration_s: float
-    counters: Counter[str]
-    readings_batch: ReadingBatch
-    result: ProcessResult
-    consumed_by_topic: dict[str, int] = field(default_factory=dict)
-    produced: dict[str, int] = field(default_factory=dict)  # output topic -> records
-    dead_letter_reasons: Counter[str] = field(default_factory=Counter)
-    stage_s: dict[str, float] = field(default_factory=dict)  # decode/process/deliver/commit
-    published_ms: int = 0  # when every output of the batch was acknowledged
-    state_events: dict[str, int] = field(default_factory=dict)  # running totals (recovery)
 
 
 @dataclass(slots=True)

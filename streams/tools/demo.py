@@ -25,7 +25,8 @@ from sinks.encode import anomaly_json
 from streams.config import ClickHouseSettings, KafkaSettings, Settings
 from streams.ops.http import HttpServer, start_http_server
 from streams.ops.monitor import Monitor
-from streams.runtime.runner import BatchReport, StreamRunner, ensure_topics
+from streams.ops.report import BatchReport
+from streams.runtime.runner import StreamRunner, ensure_topics
 from streams.runtime.wiring import clickhouse_sink
 from streams.sim.generator import SimConfig
 from streams.sim.producer import SimStats, run_simulator
