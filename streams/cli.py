@@ -262,12 +262,38 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from benchmarks.harness import main as bench_main
+def bench_command(quick: bool, json_path: str | None) -> list[str]:
+    """The harness as its own interpreter runs it: the CLI never imports ``benchmarks``."""
+    return [
+        sys.executable,
+        "-m",
+        "benchmarks.harness",
+        *(["--quick"] if quick else []),
+        *(["--json", json_path] if json_path else []),
+    ]
 
-    return bench_main(
-        (["--quick"] if args.quick else []) + (["--json", args.json] if args.json else [])
-    )
+
+def run_child(cmd: Sequence[str]) -> int:
+    """Run ``cmd`` in the foreground and return its exit status (128 + N if killed by signal N).
+
+    Ctrl-C reaches the child too (same process group): it gets 10 s to clean up, then is killed.
+    """
+    import subprocess
+
+    with subprocess.Popen(cmd) as proc:
+        try:
+            status = proc.wait()
+        except KeyboardInterrupt:
+            try:
+                status = proc.wait(timeout=10)
+            except (KeyboardInterrupt, subprocess.TimeoutExpired):
+                proc.kill()
+                status = proc.wait()
+    return status if status >= 0 else 128 - status
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    return run_child(bench_command(args.quick, args.json))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
