@@ -225,8 +225,8 @@ def run_engine(args: argparse.Namespace) -> None:
 
     from sinks.clickhouse_backend import ChdbBackend
     from streams.config import ClickHouseSettings, KafkaSettings, Settings, TopicSettings
-    from streams.faust_engine import FaustEngine
-    from streams.wiring import clickhouse_sink
+    from streams.runtime.faust_engine import FaustEngine
+    from streams.runtime.wiring import clickhouse_sink
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     settings = Settings(

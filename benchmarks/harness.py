@@ -35,12 +35,12 @@ from models.processor import GridProcessor
 from schemas.decode import decode_batch
 from sinks.clickhouse import ClickHouseSink
 from sinks.clickhouse_backend import ChdbBackend
-from streams.broker import EmbeddedBroker
 from streams.config import ClickHouseSettings, KafkaSettings, Settings, TopicSettings
-from streams.runner import StreamRunner, ensure_topics
-from streams.simulation import SimConfig, TelemetrySimulator
-from streams.wiring import clickhouse_sink
-from streams.workers import gc_policy
+from streams.runtime.runner import StreamRunner, ensure_topics
+from streams.runtime.wiring import clickhouse_sink
+from streams.runtime.workers import gc_policy
+from streams.sim.generator import SimConfig, TelemetrySimulator
+from streams.tools.broker import EmbeddedBroker
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DAY_MS = 86_400_000

@@ -25,7 +25,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from benchmarks.procs import RssSampler, runner_env, start_run, stop_run, topic_set
 from sinks.encode import rfc3339_ms
 from streams.config import KafkaSettings, Settings
-from streams.runner import ensure_topics
+from streams.runtime.runner import ensure_topics
 
 PARTITIONS = 3
 STEP_MS = 60_000  # one reading per entity per simulated minute
@@ -204,7 +204,7 @@ def main() -> None:
     import json
     import tempfile
 
-    from streams.broker import EmbeddedBroker
+    from streams.tools.broker import EmbeddedBroker
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=5.0)

@@ -38,7 +38,7 @@ import pandas as pd
 from models.ensemble import load_ensemble
 from models.params import ProcessorParams
 from models.training import train_model_set
-from streams.backtest import DEFAULT_BATCH_SIZE, backtest_frame, reading_batches
+from streams.tools.backtest import DEFAULT_BATCH_SIZE, backtest_frame, reading_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

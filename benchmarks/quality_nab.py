@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from models.params import ProcessorParams
-from streams.backtest import backtest_frame
+from streams.tools.backtest import backtest_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

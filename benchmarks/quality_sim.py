@@ -32,9 +32,9 @@ from pathlib import Path
 from models.evaluation import ForecastTracker, Label, match_detections, median
 from models.processor import ProcessResult
 from schemas.batch import ForecastBatch, ReadingBatch
-from streams.backtest import DEFAULT_BATCH_SIZE, backtest_values
 from streams.config import ProcessingSettings
-from streams.simulation import SimConfig, TelemetrySimulator
+from streams.sim.generator import SimConfig, TelemetrySimulator
+from streams.tools.backtest import DEFAULT_BATCH_SIZE, backtest_values
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

@@ -4,7 +4,7 @@ Two shapes are measured:
 - ``chdb``: N separate ``gridstream run`` processes, each with its own embedded chDB directory
   (chDB holds a directory for one process, so ``--workers N`` refuses it; in production N
   workers write to one ClickHouse server instead);
-- ``workers``: one ``gridstream run --workers N`` with ClickHouse off (``streams.workers``).
+- ``workers``: one ``gridstream run --workers N`` with ClickHouse off (``streams.runtime.workers``).
 
 The readings are produced first; the rate is taken from the group's committed offsets between
 30 % and 90 % of the input, which leaves out process start-up and the group join.
@@ -19,7 +19,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from benchmarks.procs import runner_env, start_run, stop_run, topic_set, tree_rss_mb
 from streams.config import KafkaSettings, Settings
-from streams.runner import ensure_topics
+from streams.runtime.runner import ensure_topics
 
 PARTITIONS = 4
 

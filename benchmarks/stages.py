@@ -10,8 +10,8 @@ stage and in total, and writes ``benchmarks/results/stages.json``.
 The core is split by its own timings (``ProcessResult.timings``): windows + detectors + fusion,
 nowcast, the online detector (river HalfSpaceTrees), and the rest (slot lookup, drift). ``--gc ab``
 runs the stage loop several times in one process, alternating the interpreter's default cyclic-GC
-settings and ``gridstream run``'s policy (``streams.workers.apply_gc_policy``), so the two are
-compared on the same machine state rather than across noisy runs.
+settings and ``gridstream run``'s policy (``streams.runtime.workers.apply_gc_policy``), so the
+two are compared on the same machine state rather than across noisy runs.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from schemas.decode import decode_batch
 from sinks.clickhouse import ClickHouseSink
 from sinks.clickhouse_backend import ChdbBackend
 from sinks.encode import encode_anomalies, encode_forecasts
-from streams.simulation import SimConfig, TelemetrySimulator
-from streams.workers import apply_gc_policy
+from streams.runtime.workers import apply_gc_policy
+from streams.sim.generator import SimConfig, TelemetrySimulator
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DAY_MS = 86_400_000
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             _gc(mode)
             runs.setdefault(mode, []).append(
                 stage_loop(values, contracts, now, args.batch_size, sink))
-        gc.unfreeze()  # nothing frozen at exit (see streams.workers.gc_policy)
+        gc.unfreeze()  # nothing frozen at exit (see streams.runtime.workers.gc_policy)
         if backend is not None:
             backend.close()
     report: dict[str, object] = {"records": n, "batch_size": args.batch_size, "meters": meters,

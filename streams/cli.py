@@ -26,7 +26,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _setup_logging(level: str, fmt: str, secrets: Sequence[str] = ()) -> None:
-    from streams.logs import configure
+    from streams.ops.logs import configure
 
     configure(level, fmt, redact=secrets)
 
@@ -67,12 +67,12 @@ def _per_worker(settings: Settings, index: int) -> Settings:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from models.processor import GridProcessor
-    from streams.http import start_http_server
-    from streams.monitor import Monitor
-    from streams.runner import StreamRunner
-    from streams.tasks import TaskSet
-    from streams.wiring import clickhouse_sink
-    from streams.workers import check_workers, gc_policy, run_workers, tag_logs
+    from streams.ops.http import start_http_server
+    from streams.ops.monitor import Monitor
+    from streams.runtime.runner import StreamRunner
+    from streams.runtime.wiring import clickhouse_sink
+    from streams.runtime.workers import check_workers, gc_policy, run_workers, tag_logs
+    from streams.state.tasks import TaskSet
 
     port = getattr(args, "http_port", None)
     settings = load_settings(args.config, **({} if port is None else {"http_port": port}))
@@ -104,7 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             sink.ensure_schema()
             monitor.health.clickhouse_connected()
         if isinstance(processor, GridProcessor):  # --engine faust: same core in a faust worker
-            from streams.faust_engine import FaustEngine
+            from streams.runtime.faust_engine import FaustEngine
 
             runner = FaustEngine(settings, processor, sink, monitor=monitor)
         else:
@@ -131,7 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from streams.broker import EmbeddedBroker
+    from streams.tools.broker import EmbeddedBroker
 
     stop = _stop_on_signals()
     with EmbeddedBroker(host=args.host, port=args.port) as broker:
@@ -147,7 +147,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 def cmd_query(args: argparse.Namespace) -> int:
     from sinks.table_format import format_table
-    from streams.wiring import clickhouse_backend
+    from streams.runtime.wiring import clickhouse_backend
 
     settings = _settings(args)
     backend = clickhouse_backend(settings)
@@ -166,9 +166,9 @@ def cmd_query(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from streams.runner import ensure_topics
-    from streams.simulation import SimConfig
-    from streams.simulator import run_simulator
+    from streams.runtime.runner import ensure_topics
+    from streams.sim.generator import SimConfig
+    from streams.sim.producer import run_simulator
 
     settings = _settings(args)
     _setup_logging(settings.log_level, settings.log_format)
@@ -210,7 +210,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from streams.demo import run_demo
+    from streams.tools.demo import run_demo
 
     settings = _settings(args)
     logging.basicConfig(level=logging.WARNING)
@@ -227,7 +227,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     from collections import Counter
     from pathlib import Path
 
-    from streams.backtest import backtest_file
+    from streams.tools.backtest import backtest_file
 
     if args.batch_size < 1:
         print(f"gridstream: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
@@ -262,19 +262,45 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from benchmarks.harness import main as bench_main
+def bench_command(quick: bool, json_path: str | None) -> list[str]:
+    """The harness as its own interpreter runs it: the CLI never imports ``benchmarks``."""
+    return [
+        sys.executable,
+        "-m",
+        "benchmarks.harness",
+        *(["--quick"] if quick else []),
+        *(["--json", json_path] if json_path else []),
+    ]
 
-    return bench_main(
-        (["--quick"] if args.quick else []) + (["--json", args.json] if args.json else [])
-    )
+
+def run_child(cmd: Sequence[str]) -> int:
+    """Run ``cmd`` in the foreground and return its exit status (128 + N if killed by signal N).
+
+    Ctrl-C reaches the child too (same process group): it gets 10 s to clean up, then is killed.
+    """
+    import subprocess
+
+    with subprocess.Popen(cmd) as proc:
+        try:
+            status = proc.wait()
+        except KeyboardInterrupt:
+            try:
+                status = proc.wait(timeout=10)
+            except (KeyboardInterrupt, subprocess.TimeoutExpired):
+                proc.kill()
+                status = proc.wait()
+    return status if status >= 0 else 128 - status
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    return run_child(bench_command(args.quick, args.json))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from models.training import train_model_set
-    from streams.backtest import read_input, reading_batches
+    from streams.tools.backtest import read_input, reading_batches
 
     params = _settings(args).processing.params()
     started = time.perf_counter()

@@ -235,7 +235,8 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
 def env_names() -> set[str]:
     """Every environment variable name the settings understand."""
     names = {f"{ENV_PREFIX}CONFIG"}
-    names |= {f"{ENV_PREFIX}FAILPOINTS", f"{ENV_PREFIX}FAILPOINTS_SEED"}  # streams.failpoints
+    # read by streams.runtime.failpoints
+    names |= {f"{ENV_PREFIX}FAILPOINTS", f"{ENV_PREFIX}FAILPOINTS_SEED"}
     for name, info in Settings.model_fields.items():
         section = info.annotation
         if isinstance(section, type) and issubclass(section, BaseModel):

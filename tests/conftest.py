@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import EmbeddedBroker
+from streams.tools.broker import EmbeddedBroker
 
 
 @pytest.fixture(scope="session")

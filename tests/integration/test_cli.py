@@ -131,3 +131,18 @@ def test_sigterm_finishes_batch_commits_and_exits_zero(
     assert proc.returncode == 0, err[-2000:]
     assert "received SIGTERM" in err
     assert committed(bootstrap, group, meter_topic, 2) == end_offsets(bootstrap, meter_topic, 2)
+
+
+def test_bench_runs_the_harness_as_its_own_module_and_returns_its_status() -> None:
+    from streams.cli import bench_command, run_child
+
+    cmd = bench_command(quick=True, json_path="out.json")
+    assert cmd == [sys.executable, "-m", "benchmarks.harness", "--quick", "--json", "out.json"]
+    assert bench_command(quick=False, json_path=None)[1:] == ["-m", "benchmarks.harness"]
+    usage = subprocess.run(
+        [*cmd[:3], "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert usage.returncode == 0, usage.stderr[-2000:]
+    assert "--quick" in usage.stdout and "--json" in usage.stdout
+    assert run_child([*cmd[:3], "--no-such-option"]) == 2  # argparse's status, passed back
+    assert run_child([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), 15)"]) == 143

@@ -37,7 +37,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from sinks.clickhouse_backend import ChdbBackend
 from sinks.encode import rfc3339_ms
 from streams.config import load_settings
-from streams.failpoints import POINTS
+from streams.runtime.failpoints import POINTS
 from tests.chserver import PASSWORD, USER
 from tests.integration.helpers import committed
 from tests.integration.kafka_wire import aborted_offsets

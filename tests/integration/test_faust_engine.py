@@ -21,7 +21,8 @@ import pytest
 
 from models.processor import GridProcessor
 from streams.config import Settings
-from streams.runner import BatchReport, StreamRunner, ensure_topics
+from streams.ops.report import BatchReport
+from streams.runtime.runner import StreamRunner, ensure_topics
 from tests.integration.helpers import committed, end_offsets, headers, make_settings, produce
 from tests.integration.helpers import read_all as _read_all
 

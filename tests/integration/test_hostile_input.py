@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from sinks.clickhouse import ClickHouseSink
 from sinks.clickhouse_backend import ChdbBackend
-from streams.runner import StreamRunner, ensure_topics
+from streams.runtime.runner import StreamRunner, ensure_topics
 from tests.integration.helpers import make_settings, produce, read_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

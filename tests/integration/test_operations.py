@@ -25,18 +25,18 @@ from prometheus_client.parser import text_string_to_metric_families
 from sinks.clickhouse import ClickHouseSink
 from sinks.clickhouse_backend import ChdbBackend, ClickHouseBackend, QueryResult, ServerBackend
 from sinks.exceptions import SinkError
-from streams.broker import EmbeddedBroker
 from streams.cli import _secrets
 from streams.config import (
     KafkaSettings,
     Settings,
     load_settings,
 )
-from streams.http import HttpServer, start_http_server
-from streams.monitor import Monitor
-from streams.runner import StreamRunner, ensure_topics
-from streams.tasks import TaskSet
-from streams.wiring import clickhouse_backend
+from streams.ops.http import HttpServer, start_http_server
+from streams.ops.monitor import Monitor
+from streams.runtime.runner import StreamRunner, ensure_topics
+from streams.runtime.wiring import clickhouse_backend
+from streams.state.tasks import TaskSet
+from streams.tools.broker import EmbeddedBroker
 from tests.integration.helpers import make_settings, produce
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ from sinks.exceptions import SinkError
 from streams.config import (
     Settings,
 )
-from streams.runner import StreamRunner, ensure_topics
+from streams.runtime.runner import StreamRunner, ensure_topics
 from tests.integration.helpers import (
     committed,
     end_offsets,

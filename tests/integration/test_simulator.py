@@ -15,9 +15,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from schemas.outputs import LabelledAnomaly
 from schemas.readings import MeterReading, ScadaReading
-from streams.broker import free_port
-from streams.simulation import SimConfig, TelemetrySimulator
-from streams.simulator import SimStats, run_simulator
+from streams.sim.generator import SimConfig, TelemetrySimulator
+from streams.sim.producer import SimStats, run_simulator
+from streams.tools.broker import free_port
 
 pytestmark = pytest.mark.integration
 

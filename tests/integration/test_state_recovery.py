@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from streams.config import ClickHouseSettings, ProcessingSettings, Settings
-from streams.runner import StreamRunner, ensure_topics
+from streams.runtime.runner import StreamRunner, ensure_topics
 from tests.integration.helpers import committed, make_settings, read_all
 from tests.integration.recovery import (
     assert_same_forecasts,

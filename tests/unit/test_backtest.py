@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from models.params import ProcessorParams
-from streams.backtest import (
+from streams.tools.backtest import (
     BacktestInputError,
     backtest_file,
     backtest_frame,

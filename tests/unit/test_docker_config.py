@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streams.cli import build_parser
 from streams.config import Settings, env_names, load_settings
-from streams.metrics import GridMetrics
+from streams.ops.metrics import GridMetrics
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
@@ -173,13 +173,14 @@ def test_dockerfile_is_slim_non_root_and_health_checked() -> None:
     assert re.findall(r"^FROM (\S+)", text, re.M) == ["python:3.11-slim"] * 2
     (user,) = re.findall(r"^USER (\S+)", text, re.M)
     assert user.split(":")[0] not in ("root", "0")
-    assert re.search(r'^HEALTHCHECK .*\n?.*CMD \["python", "-m", "streams.http"\]', text, re.M)
+    assert re.search(r'^HEALTHCHECK .*\n?.*CMD \["python", "-m", "streams.ops.http"\]', text, re.M)
     assert "pip wheel" in text and "pip install" in text
     assert re.search(r'^ENTRYPOINT \["gridstream"\]', text, re.M)
     assert re.search(r'^CMD \["run"\]', text, re.M)
     packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"][
         "packages"
     ]
+    packages = sorted({package.split(".")[0] for package in packages})  # subpackages ride along
     for package in packages:
         assert f"COPY {package} ./{package}" in text
     ignore = (DOCKER / "Dockerfile.dockerignore").read_text()

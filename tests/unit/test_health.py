@@ -13,10 +13,10 @@ from confluent_kafka import KafkaError
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.health import Health, Status
-from streams.http import HttpServer, probe, start_http_server
-from streams.metrics import GridMetrics
-from streams.monitor import Monitor
+from streams.ops.health import Health, Status
+from streams.ops.http import HttpServer, probe, start_http_server
+from streams.ops.metrics import GridMetrics
+from streams.ops.monitor import Monitor
 
 
 class Clock:

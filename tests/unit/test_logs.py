@@ -9,7 +9,7 @@ from datetime import datetime
 import orjson
 import pytest
 
-from streams.logs import configure
+from streams.ops.logs import configure
 
 
 @pytest.fixture

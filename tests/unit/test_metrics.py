@@ -10,8 +10,8 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.accuracy import ForecastAccuracy
-from streams.metrics import BatchHistogram, GridMetrics
+from streams.ops.accuracy import ForecastAccuracy
+from streams.ops.metrics import BatchHistogram, GridMetrics
 
 NAME = re.compile(r"^gridstream_[a-z][a-z0-9_]*$")
 

@@ -11,10 +11,10 @@ import pytest
 from models.params import ProcessorParams
 from models.processor import GridProcessor
 from schemas.batch import ReadingBatch
-from streams.checkpoints import CheckpointError, CheckpointStore
-from streams.failpoints import FailpointError, Failpoints, parse
-from streams.recovery import BEGINNING, PartitionStates
-from streams.tasks import TaskSet
+from streams.runtime.failpoints import FailpointError, Failpoints, parse
+from streams.state.checkpoints import CheckpointError, CheckpointStore
+from streams.state.recovery import BEGINNING, PartitionStates
+from streams.state.tasks import TaskSet
 from tests.unit.builders import NOW_MS, daily_load, to_batch
 
 A, B = ("meter-topic", 0), ("meter-topic", 1)

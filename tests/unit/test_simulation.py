@@ -13,7 +13,7 @@ import pytest
 
 from schemas.decode import decode_batch
 from schemas.readings import MeterReading, ScadaReading, parse_ts
-from streams.simulation import (
+from streams.sim.generator import (
     ANOMALY_KINDS,
     SimBatch,
     SimConfig,

@@ -16,9 +16,9 @@ from models.processor import GridProcessor
 from models.promotion import read_current
 from models.training import record_history, train_model_set
 from streams.config import ProcessingSettings, load_settings
-from streams.monitor import Monitor
-from streams.runner import StreamRunner
-from streams.tasks import TaskSet
+from streams.ops.monitor import Monitor
+from streams.runtime.runner import StreamRunner
+from streams.state.tasks import TaskSet
 from tests.unit.builders import NOW_MS, daily_load, split, to_batch
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from streams.config import ClickHouseSettings, ConfigError, load_settings
-from streams.workers import GC_GEN0_THRESHOLD, check_workers, gc_policy, worker_command
+from streams.runtime.workers import GC_GEN0_THRESHOLD, check_workers, gc_policy, worker_command
 
 
 def test_embedded_chdb_is_refused_for_more_than_one_worker(tmp_path: Path) -> None:

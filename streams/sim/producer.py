@@ -21,7 +21,7 @@ from typing import IO
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from schemas.exceptions import GridstreamError
-from streams.simulation import SimBatch, SimConfig, TelemetrySimulator
+from streams.sim.generator import SimBatch, SimConfig, TelemetrySimulator
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models.processor import GridProcessor
-from streams.tasks import TaskId
+from streams.state.tasks import TaskId
 
 FORMAT = 1
 

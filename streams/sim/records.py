@@ -16,7 +16,7 @@ import orjson
 
 from schemas.exceptions import GridstreamError
 from schemas.outputs import LabelledAnomaly
-from streams.sim_signal import Anomalies
+from streams.sim.signal import Anomalies
 
 
 @dataclass(frozen=True, slots=True)

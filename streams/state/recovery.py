@@ -20,8 +20,8 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from streams.checkpoints import Checkpoint, CheckpointError, CheckpointStore
-from streams.tasks import Task, TaskId, TaskSet
+from streams.state.checkpoints import Checkpoint, CheckpointError, CheckpointStore
+from streams.state.tasks import Task, TaskId, TaskSet
 
 log = logging.getLogger("gridstream.recovery")
 

@@ -132,7 +132,7 @@ class GridMetrics:
     """Every metric the processor exports, registered in ``registry``.
 
     Names follow Prometheus conventions: ``gridstream_`` prefix, base units (seconds, bytes),
-    ``_total`` for counters. The monitor (``streams.monitor``) is the only writer.
+    ``_total`` for counters. The monitor (``streams.ops.monitor``) is the only writer.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:

@@ -1,7 +1,7 @@
 """Pure telemetry generator: meter and SCADA readings with labelled injected anomalies.
 
 No Kafka and no clock: simulated time is passed in, so the same config, seed and start give
-byte-identical records however the caller slices time (``streams.simulator`` is the Kafka side).
+byte-identical records however the caller slices time (``streams.sim.producer`` is the Kafka side).
 Every step computes all entities of a group at once with numpy; only the JSON encoding is per
 record. Four independent seeded streams (set-up, signal noise, anomalies, imperfections) mean that
 turning anomalies or imperfections on or off leaves the underlying signal unchanged, so a run with
@@ -26,9 +26,9 @@ import numpy as np
 from numpy.random import PCG64, Generator, SeedSequence
 
 from schemas.outputs import LabelledAnomaly
-from streams.sim_config import SimConfig, SimulationConfigError
-from streams.sim_records import Chunk, Columns, Group, SimBatch, append, encode, pick, utc
-from streams.sim_signal import ANOMALY_KINDS, load_shape
+from streams.sim.config import SimConfig, SimulationConfigError
+from streams.sim.records import Chunk, Columns, Group, SimBatch, append, encode, pick, utc
+from streams.sim.signal import ANOMALY_KINDS, load_shape
 
 __all__ = [
     "ANOMALY_KINDS",

@@ -8,7 +8,7 @@ models provider); nothing here talks to Kafka or ClickHouse.
     ...
     server.stop()
 
-``python -m streams.http`` probes ``/health`` on ``$GRIDSTREAM_HTTP_PORT`` (default 8000) and
+``python -m streams.ops.http`` probes ``/health`` on ``$GRIDSTREAM_HTTP_PORT`` (default 8000) and
 exits 0 for ok/degraded, 1 otherwise: the container HEALTHCHECK, without curl in the image.
 """
 
@@ -28,7 +28,7 @@ import orjson
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from streams.health import Health
+from streams.ops.health import Health
 
 log = logging.getLogger("gridstream.http")
 

@@ -30,13 +30,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from sinks.exceptions import SinkError
-from streams.accuracy import ForecastAccuracy
-from streams.health import Health
-from streams.metrics import STATE_EVENTS, GridMetrics
+from streams.ops.accuracy import ForecastAccuracy
+from streams.ops.health import Health
+from streams.ops.metrics import STATE_EVENTS, GridMetrics
 
 if TYPE_CHECKING:
     from models.processor import GridProcessor
-    from streams.runner import BatchReport
+    from streams.ops.report import BatchReport
 
 log = logging.getLogger("gridstream.monitor")
 

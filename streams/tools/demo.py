@@ -22,15 +22,16 @@ from schemas.batch import AnomalyRecord
 from sinks.clickhouse import ClickHouseSink
 from sinks.clickhouse_backend import ChdbBackend
 from sinks.encode import anomaly_json
-from streams.broker import EmbeddedBroker
 from streams.config import ClickHouseSettings, KafkaSettings, Settings
-from streams.http import HttpServer, start_http_server
-from streams.monitor import Monitor
-from streams.runner import BatchReport, StreamRunner, ensure_topics
-from streams.simulation import SimConfig
-from streams.simulator import SimStats, run_simulator
-from streams.tasks import TaskSet
-from streams.wiring import clickhouse_sink
+from streams.ops.http import HttpServer, start_http_server
+from streams.ops.monitor import Monitor
+from streams.ops.report import BatchReport
+from streams.runtime.runner import StreamRunner, ensure_topics
+from streams.runtime.wiring import clickhouse_sink
+from streams.sim.generator import SimConfig
+from streams.sim.producer import SimStats, run_simulator
+from streams.state.tasks import TaskSet
+from streams.tools.broker import EmbeddedBroker
 
 BACKFILL_DAYS = 7
 DETECTION_GRACE_MS = 3_600_000  # an event up to an hour after a labelled window still counts

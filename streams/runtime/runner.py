@@ -1,15 +1,15 @@
 """The processor loop on confluent-kafka: consume a batch, process it, publish, then commit.
 
 Per batch: ``consume(n, timeout)`` -> decode + validate (bad records become dead letters) ->
-each partition's core (``streams.tasks``) -> produce forecasts, anomalies and dead letters and
+each partition's core (``streams.state.tasks``) -> produce forecasts, anomalies and dead letters and
 wait for every acknowledgement -> ClickHouse insert -> commit the batch's offsets synchronously
 (at-least-once); or ClickHouse insert -> publish and commit the offsets in one Kafka transaction
 (exactly-once). A sink that
 is down pauses the assigned partitions and retries the same outputs with backoff; nothing is
 committed until they are written. SIGTERM/SIGINT finish the batch and exit.
 
-Partition state is checkpointed and restored by ``streams.recovery``; the loop is synchronous, so
-between batches every task's state matches its committed offset exactly.
+Partition state is checkpointed and restored by ``streams.state.recovery``; the loop is
+synchronous, so between batches every task's state matches its committed offset exactly.
 """
 
 from __future__ import annotations
@@ -38,35 +38,15 @@ from sinks.encode import encode_anomalies, encode_dead_letters, encode_forecasts
 from sinks.exceptions import SinkError
 from sinks.topics import TopicSink
 from sinks.transactions import TransactionalTopics
-from streams.checkpoints import CheckpointStore
 from streams.config import Settings, TopicSettings
-from streams.failpoints import Failpoints
-from streams.monitor import NullMonitor, RunnerMonitor
-from streams.recovery import PartitionStates
-from streams.tasks import TaskId, TaskSet
+from streams.ops.monitor import NullMonitor, RunnerMonitor
+from streams.ops.report import BatchReport
+from streams.runtime.failpoints import Failpoints
+from streams.state.checkpoints import CheckpointStore
+from streams.state.recovery import PartitionStates
+from streams.state.tasks import TaskId, TaskSet
 
 log = logging.getLogger("gridstream.runner")
-
-
-@dataclass(slots=True)
-class BatchReport:
-    """What one batch did, for progress displays and metrics."""
-
-    consumed: int
-    readings: int
-    dead_letters: int
-    forecasts: int
-    anomalies: int
-    duration_s: float
-    counters: Counter[str]
-    readings_batch: ReadingBatch
-    result: ProcessResult
-    consumed_by_topic: dict[str, int] = field(default_factory=dict)
-    produced: dict[str, int] = field(default_factory=dict)  # output topic -> records
-    dead_letter_reasons: Counter[str] = field(default_factory=Counter)
-    stage_s: dict[str, float] = field(default_factory=dict)  # decode/process/deliver/commit
-    published_ms: int = 0  # when every output of the batch was acknowledged
-    state_events: dict[str, int] = field(default_factory=dict)  # running totals (recovery)
 
 
 @dataclass(slots=True)

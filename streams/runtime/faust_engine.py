@@ -48,9 +48,9 @@ from sinks.encode import encode_anomalies, encode_dead_letters, encode_forecasts
 from sinks.exceptions import SinkError
 from sinks.topics import TopicSink
 from streams.config import ConfigError, Settings
-from streams.monitor import NullMonitor, RunnerMonitor
-from streams.runner import (
-    BatchReport,
+from streams.ops.monitor import NullMonitor, RunnerMonitor
+from streams.ops.report import BatchReport
+from streams.runtime.runner import (
     RunStats,
     StreamRunner,
     _accepted,

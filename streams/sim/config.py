@@ -1,7 +1,7 @@
 """The simulator's parameters, checked once at construction so a bad run fails before it starts.
 
 Kept apart from the generator so the CLI and the demo can build and validate a ``SimConfig``
-without reading the signal model (``streams.simulation`` re-exports both names).
+without reading the signal model (``streams.sim.generator`` re-exports both names).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class SimConfig:
     >>> SimConfig(meters=0, assets=0)
     Traceback (most recent call last):
     ...
-    streams.sim_config.SimulationConfigError: SimConfig.meters=0: meters + assets must be > 0
+    streams.sim.config.SimulationConfigError: SimConfig.meters=0: meters + assets must be > 0
     """
 
     meters: int = 1000
