@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.quality_nab import RESULTS, SHARED, nab_files, nab_frame, params_with, write_results
-from streams.backtest import backtest_frame
+from streams.tools.backtest import backtest_frame
 
 # name -> ProcessorParams overrides (NAME=VALUE, as quality_nab.py --param takes them)
 _ALL = ("residual", "seasonal", "stuck", "channel", "likelihood", "level", "novelty", "iforest")

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from models.params import ProcessorParams
-from streams.backtest import backtest_frame, backtest_values
-from streams.simulation import SimConfig, TelemetrySimulator
+from streams.sim.generator import SimConfig, TelemetrySimulator
+from streams.tools.backtest import backtest_frame, backtest_values
 
 NAB = Path(__file__).resolve().parents[3] / "shared" / "data" / "nab" / "data"
 START_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z, a Monday
