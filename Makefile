@@ -32,8 +32,9 @@ schemas: $(BIN)/gridstream
 
 quality: $(BIN)/gridstream
 	$(BIN)/python benchmarks/quality_nab.py
+	$(BIN)/python -m benchmarks.nab_loco
 	$(BIN)/python benchmarks/quality_ett.py
-	$(BIN)/python benchmarks/quality_sim.py
+	$(BIN)/python benchmarks/quality_sim.py --seed 4242
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
