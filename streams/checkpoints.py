@@ -10,21 +10,29 @@ Several workers, or a restarted one, find each other's checkpoints when they sha
 (a volume shared by the replicas, like Flink's checkpoint directory). Files are written to a
 temporary name, fsynced and renamed, and carry the sha256 of their payload, so a crash mid-write
 leaves the previous checkpoint in place and a torn or edited file is refused, not unpickled.
+
+Layout: one JSON header line, then the payload: named sections end to end (``sections`` in the
+header gives their names and sizes): ``processor`` (the core's snapshot) and ``accuracy`` (the
+forecasts waiting for their actuals, an ``.npz`` of plain arrays).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from models.processor import GridProcessor
+from streams.accuracy import ForecastAccuracy
 from streams.tasks import TaskId
 
-FORMAT = 1
+FORMAT = 2
 
 
 class CheckpointError(Exception):
@@ -37,6 +45,7 @@ class Checkpoint:
     processor: GridProcessor
     created_ms: int
     nbytes: int
+    accuracy: ForecastAccuracy | None = None
 
 
 class CheckpointStore:
@@ -50,9 +59,20 @@ class CheckpointStore:
         topic, partition = tid
         return self.dir / f"{topic}.{partition}.ckpt"
 
-    def save(self, tid: TaskId, position: int, processor: GridProcessor) -> int:
+    def save(
+        self,
+        tid: TaskId,
+        position: int,
+        processor: GridProcessor,
+        accuracy: ForecastAccuracy | None = None,
+    ) -> int:
         """Write the task's state at ``position`` atomically; returns the bytes written."""
-        blob = processor.snapshot()
+        sections = {"processor": processor.snapshot()}
+        if accuracy is not None:
+            buf = io.BytesIO()
+            np.savez(buf, **accuracy.snapshot())
+            sections["accuracy"] = buf.getvalue()
+        blob = b"".join(sections.values())
         header = {
             "format": FORMAT,
             "topic": tid[0],
@@ -61,6 +81,7 @@ class CheckpointStore:
             "created_ms": int(time.time() * 1000),
             "sha256": hashlib.sha256(blob).hexdigest(),
             "bytes": len(blob),
+            "sections": [[name, len(data)] for name, data in sections.items()],
         }
         final = self.path(tid)
         tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
@@ -103,13 +124,38 @@ class CheckpointStore:
                 f"{path}: payload is {len(blob)} bytes and does not match its sha256 "
                 "(torn or modified); not loading it"
             )
+        sections = _split(blob, header.get("sections"))
+        if sections is None or "processor" not in sections:
+            raise CheckpointError(f"{path}: sections do not add up to the payload")
         try:
-            processor = GridProcessor.from_snapshot(blob)
-        except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad checkpoint
+            processor = GridProcessor.from_snapshot(sections["processor"])
+            accuracy = None
+            if "accuracy" in sections:
+                with np.load(io.BytesIO(sections["accuracy"]), allow_pickle=False) as npz:
+                    accuracy = ForecastAccuracy.restore({k: npz[k] for k in npz.files})
+        except Exception as exc:  # noqa: BLE001 - any decoding failure is a bad checkpoint
             raise CheckpointError(f"{path}: cannot restore the state: {exc}") from exc
         return Checkpoint(
             position=int(header["position"]),
             processor=processor,
             created_ms=int(header.get("created_ms", 0)),
             nbytes=len(blob),
+            accuracy=accuracy,
         )
+
+
+def _split(blob: bytes, spec: object) -> dict[str, bytes] | None:
+    """The named sections of a payload, None if ``spec`` does not describe it exactly."""
+    if not isinstance(spec, list):
+        return None
+    out: dict[str, bytes] = {}
+    at = 0
+    for item in spec:
+        if not (isinstance(item, list) and len(item) == 2):
+            return None
+        name, size = item
+        if not isinstance(name, str) or not isinstance(size, int) or size < 0:
+            return None
+        out[name] = blob[at : at + size]
+        at += size
+    return out if at == len(blob) else None

@@ -87,6 +87,8 @@ class PartitionStates:
                 )
             elif checkpoint.position > best[0]:
                 task = Task(checkpoint.processor, checkpoint.position, checkpoint.position)
+                if checkpoint.accuracy is not None:
+                    task.accuracy = checkpoint.accuracy
                 best = (checkpoint.position, task, "checkpoint")
         position, chosen, source = best
         if chosen is None and self.store is not None:
@@ -99,7 +101,7 @@ class PartitionStates:
                     "%s/%d: no checkpoint; replaying the partition to offset %d", *tid, committed
                 )
             return self.tasks.adopt(tid, self.tasks.new_processor(), start)
-        task = self.tasks.adopt(tid, chosen.processor, position)
+        task = self.tasks.adopt(tid, chosen.processor, position, chosen.accuracy)
         task.checkpointed = chosen.checkpointed
         log.info(
             "%s/%d: state from %s at offset %d; replaying %d readings to the committed %d",
@@ -176,7 +178,7 @@ class PartitionStates:
         if self.store is None or task.position < 0 or task.position == task.checkpointed:
             return
         try:
-            nbytes = self.store.save(tid, task.position, task.processor)
+            nbytes = self.store.save(tid, task.position, task.processor, task.accuracy)
         except OSError as exc:  # a full disk must not stop scoring; restarts just replay more
             self.counters["checkpoint_errors"] += 1
             log.error("%s/%d: checkpoint failed: %s", *tid, exc)

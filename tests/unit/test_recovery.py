@@ -44,8 +44,9 @@ def test_tasks_score_each_partition_on_its_own_core_and_merge_by_row(
 ) -> None:
     tasks = TaskSet()
     part = partition_of(stream)
-    merged, replayed = tasks.process(stream, part, [A, B], NOW_MS)
-    assert replayed == 0 and set(tasks.tasks) == {A, B}
+    out = tasks.process(stream, part, [A, B], NOW_MS)
+    merged = out.result
+    assert out.replayed == 0 and out.readings is stream and set(tasks.tasks) == {A, B}
     for p, tid in enumerate([A, B]):
         rows = np.flatnonzero(part == p)
         alone = GridProcessor().process_batch(stream.take(rows), NOW_MS)
@@ -65,17 +66,26 @@ def test_replayed_rows_rebuild_state_and_publish_nothing(stream: ReadingBatch) -
     cut = len(stream) // 2
     whole = TaskSet()
     whole.process(stream.take(np.arange(cut)), part[:cut], [A, B], NOW_MS)
-    expected, _ = whole.process(stream.take(np.arange(cut, len(stream))), part[cut:], [A, B], 0)
+    expected = whole.process(stream.take(np.arange(cut, len(stream))), part[cut:], [A, B], 0)
 
     replaying = TaskSet()
     replay = np.arange(len(stream)) < cut
-    got, replayed = replaying.process(stream, part, [A, B], 0, replay)
-    assert replayed == cut
-    live = np.arange(cut, len(stream))
-    assert np.all(np.isnan(got.score[:cut])) and np.all(got.severity[:cut] == -1)
-    np.testing.assert_array_equal(got.score[live], expected.score)
-    assert not np.isin(got.forecast_rows, np.arange(cut)).any()
-    assert [ev.event_id for ev in got.anomalies] == [ev.event_id for ev in expected.anomalies]
+    out = replaying.process(stream, part, [A, B], 0, replay)
+    got = out.result
+    assert out.replayed == cut
+    # the result describes the live rows only, like the readings it comes with
+    assert len(out.readings) == len(got.score) == len(stream) - cut
+    np.testing.assert_array_equal(out.readings.src_index, stream.src_index[cut:])
+    np.testing.assert_array_equal(got.score, expected.result.score)
+    np.testing.assert_array_equal(got.forecast_rows, expected.result.forecast_rows)
+    assert [ev.event_id for ev in got.anomalies] == [
+        ev.event_id for ev in expected.result.anomalies
+    ]
+    # replayed forecasts waited for their actuals as they would have without the replay
+    assert expected.apes and sorted(out.apes) == sorted(expected.apes)
+    for h, ape in expected.apes.items():
+        np.testing.assert_array_equal(out.apes[h], ape)
+    assert replaying.forecasts_awaiting == whole.forecasts_awaiting
 
 
 def test_checkpoint_round_trip_and_resume_scores_identically(
@@ -97,6 +107,23 @@ def test_checkpoint_round_trip_and_resume_scores_identically(
         np.testing.assert_array_equal(got.score, want.score)
         np.testing.assert_array_equal(got.forecasts.p90, want.forecasts.p90)
     assert store.load(B) is None
+
+
+def test_a_checkpoint_carries_the_forecasts_waiting_for_their_actuals(
+    tmp_path: Path, stream: ReadingBatch
+) -> None:
+    store = CheckpointStore(tmp_path, "g")
+    tasks = TaskSet()
+    head = stream.take(np.arange(400))
+    tasks.process(head, np.zeros(len(head), dtype=np.int64), [A], NOW_MS)
+    task = tasks.tasks[A]
+    assert task.accuracy.pending > 0
+    store.save(A, 400, task.processor, task.accuracy)
+    ck = store.load(A)
+    assert ck is not None and ck.accuracy is not None
+    assert ck.accuracy.pending == task.accuracy.pending
+    for name, arr in task.accuracy.snapshot().items():
+        np.testing.assert_array_equal(ck.accuracy.snapshot()[name], arr)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "other_partition", "garbage"])
