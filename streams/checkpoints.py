@@ -8,8 +8,11 @@ exact state the partition had, whichever worker held it before.
 
 Several workers, or a restarted one, find each other's checkpoints when they share the directory
 (a volume shared by the replicas, like Flink's checkpoint directory). Files are written to a
-temporary name, fsynced and renamed, and carry the sha256 of their payload, so a crash mid-write
-leaves the previous checkpoint in place and a torn or edited file is refused, not unpickled.
+temporary name (``.<name>.<host>.<pid>.tmp``), fsynced and renamed, and carry the sha256 of
+their payload, so a crash mid-write leaves the previous checkpoint in place and a torn or edited
+file is refused, not unpickled. A temporary file left by a killed writer is removed when a worker
+starts (``remove_orphans``): at once if its writer ran on this host and is gone, otherwise once
+it is older than any write could take (``ORPHAN_AFTER_S``): another host's writer may be alive.
 
 Layout: one JSON header line, then the payload: named sections end to end (``sections`` in the
 header gives their names and sizes): ``processor`` (the core's snapshot) and ``accuracy`` (the
@@ -22,6 +25,7 @@ import hashlib
 import io
 import json
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +37,7 @@ from streams.accuracy import ForecastAccuracy
 from streams.tasks import TaskId
 
 FORMAT = 2
+ORPHAN_AFTER_S = 600.0  # a temp file this old is no write in progress, whoever made it
 
 
 class CheckpointError(Exception):
@@ -54,6 +59,40 @@ class CheckpointStore:
     def __init__(self, root: Path, group: str) -> None:
         self.dir = Path(root) / group
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._host = socket.gethostname().replace("/", "_") or "host"
+
+    def remove_orphans(self, now_s: float | None = None) -> list[Path]:
+        """Delete temp files of checkpoint writes that can no longer finish; returns them."""
+        now_s = time.time() if now_s is None else now_s
+        removed = []
+        for path in self.dir.glob(".*.ckpt.*.tmp"):
+            try:
+                age_s = now_s - path.stat().st_mtime
+            except FileNotFoundError:
+                continue  # renamed or removed by its writer meanwhile
+            if age_s < ORPHAN_AFTER_S and not self._writer_gone(path.name):
+                continue
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(path)
+        return removed
+
+    def _writer_gone(self, name: str) -> bool:
+        """True if the temp file's writer ran on this host and no longer runs."""
+        stem, _, pid = name.removesuffix(".tmp").rpartition(".")
+        if not stem.endswith(f".{self._host}") or not pid.isdigit():
+            return False  # another host's (or an older naming's) writer: only age tells
+        if int(pid) == os.getpid():
+            return False
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False  # alive, someone else's
+        return False
 
     def path(self, tid: TaskId) -> Path:
         topic, partition = tid
@@ -84,7 +123,7 @@ class CheckpointStore:
             "sections": [[name, len(data)] for name, data in sections.items()],
         }
         final = self.path(tid)
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        tmp = final.with_name(f".{final.name}.{self._host}.{os.getpid()}.tmp")
         with open(tmp, "wb") as fh:
             fh.write(json.dumps(header).encode() + b"\n")
             fh.write(blob)

@@ -47,6 +47,24 @@ class PartitionStates:
         self.counters: Counter[str] = Counter()
         self._parked: dict[TaskId, Task] = {}  # revoked, kept in case they come straight back
         self._due: dict[TaskId, float] = {}
+        if store is not None:
+            self.remove_orphans()
+
+    def remove_orphans(self) -> None:
+        """Remove (and count) temp files of checkpoint writes killed in an earlier life."""
+        assert self.store is not None
+        try:
+            removed = self.store.remove_orphans()
+        except OSError as exc:  # an unreadable directory shows in the saves that follow
+            log.warning("%s: cannot look for checkpoint temp files: %s", self.store.dir, exc)
+            return
+        if removed:
+            self.counters["orphaned_temp_files_removed"] += len(removed)
+            log.info(
+                "removed %d temp file(s) of checkpoint writes that were cut short: %s",
+                len(removed),
+                ", ".join(p.name for p in removed),
+            )
 
     # -- assignment ---------------------------------------------------------------------------
     def assign(self, committed: dict[TaskId, int]) -> dict[TaskId, int]:

@@ -147,6 +147,43 @@ def test_damaged_checkpoint_is_refused_not_unpickled(tmp_path: Path, damage: str
         store.load(A)
 
 
+def test_temp_files_of_killed_checkpoint_writes_are_removed_at_start_and_counted(
+    tmp_path: Path,
+) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    store = CheckpointStore(tmp_path, "g")
+    store.save(A, 5, GridProcessor())
+    name = store.path(A).name
+    host = socket.gethostname()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],  # noqa: S603
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)
+    old = time.time() - 3600
+    files = {
+        f".{name}.{host}.{dead_pid}.tmp": (None, True),  # this host, writer gone: at once
+        f".{name}.{host}.{os.getppid()}.tmp": (None, False),  # this host, writer alive
+        f".{name}.other-host.123.tmp": (None, False),  # another host: may be writing now
+        f".{name}.other-host.124.tmp": (old, True),  # another host, far too old to be a write
+        f".{name}.6996.tmp": (old, True),  # the earlier naming, old
+        f".{name}.6997.tmp": (None, False),  # the earlier naming, fresh
+    }
+    for fname, (mtime, _) in files.items():
+        (store.dir / fname).write_bytes(b"half a checkpoint")
+        if mtime is not None:
+            os.utime(store.dir / fname, (mtime, mtime))
+    states = PartitionStates(TaskSet(), store)
+    assert states.counters["orphaned_temp_files_removed"] == 3
+    for fname, (_, orphan) in files.items():
+        assert (store.dir / fname).exists() != orphan, fname
+    ck = store.load(A)
+    assert ck is not None and ck.position == 5  # the checkpoint itself is untouched
+
+
 def test_assignment_prefers_the_newest_state_not_ahead_of_the_commit(tmp_path: Path) -> None:
     store = CheckpointStore(tmp_path, "g")
     tasks = TaskSet()
