@@ -11,6 +11,11 @@ Memory is bounded: at most ``max_entities`` entities are tracked (the first ones
 sample, enough for a fleet-wide MAPE) and at most ``capacity`` forecasts wait at once (new ones
 are counted in ``untracked`` while full). Work per batch is numpy over a sorted int64 key array,
 O(capacity) at worst; the only per-reading Python is one dict lookup for the entity code.
+
+The waiting forecasts are partition state like the windows that made them: the runner keeps one
+tracker per partition task and checkpoints it with the task (``snapshot``/``restore``: plain
+arrays), and replayed readings update it without reporting (their errors were reported before the
+crash), so the error series after a restore equal those of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -93,6 +98,14 @@ class ForecastAccuracy:
         ``entity``, ``ts_ms``, ``value`` and ``accepted`` index the batch's readings (``entity``
         should already tell kinds apart); ``forecast_rows`` maps each forecast to its reading.
         """
+        n = len(entity)
+        if not len(ts_ms) == len(value) == len(accepted) == n:
+            raise ValueError(
+                f"readings columns differ in length: entity {n}, ts {len(ts_ms)}, "
+                f"value {len(value)}, accepted {len(accepted)}"
+            )
+        if len(forecast_rows) and int(np.max(forecast_rows)) >= n:
+            raise ValueError(f"forecast rows point past the {n} readings of the batch")
         codes = self._encode(entity.tolist()) if len(entity) else np.empty(0, dtype=np.int64)
         ts = np.asarray(ts_ms, dtype=np.int64)
         ok = np.asarray(accepted, dtype=bool) & (codes >= 0) & (ts >= 0) & (ts <= _TS_MASK)
@@ -162,6 +175,41 @@ class ForecastAccuracy:
         keep[idx] = False
         self._compress(keep)
         return out
+
+    # -- state ------------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """Plain arrays (no objects): the waiting forecasts and what the sweeps need."""
+        return {
+            "entities": np.array(list(self._codes), dtype=np.str_),
+            "key": self._key.copy(),
+            "horizon": self._horizon.copy(),
+            "p50": self._p50.copy(),
+            "last_seen": self._last_seen.copy(),
+            "counters": np.array([self._newest_ms, self._updates, self.untracked], dtype=np.int64),
+            "limits": np.array(
+                [self.capacity, self.max_entities, self.expire_after_ms], dtype=np.int64
+            ),
+        }
+
+    @classmethod
+    def restore(cls, snap: dict[str, np.ndarray]) -> ForecastAccuracy:
+        """The tracker ``snapshot`` describes; ValueError if the arrays do not fit together."""
+        capacity, max_entities, expire_after_ms = (int(x) for x in snap["limits"])
+        acc = cls(capacity, max_entities, expire_after_ms // 1000)
+        entities = [str(e) for e in snap["entities"].tolist()]
+        key = np.asarray(snap["key"], dtype=np.int64)
+        horizon = np.asarray(snap["horizon"], dtype=np.int64)
+        p50 = np.asarray(snap["p50"], dtype=np.float64)
+        last_seen = np.asarray(snap["last_seen"], dtype=np.int64)
+        if not key.shape == horizon.shape == p50.shape or key.ndim != 1:
+            raise ValueError("forecast columns differ in shape")
+        known = len(entities)
+        if last_seen.size < known or (key.size and int(key.max() >> _TS_BITS) >= known):
+            raise ValueError("forecasts refer to entities the tracker does not know")
+        acc._codes = {e: i for i, e in enumerate(entities)}
+        acc._key, acc._horizon, acc._p50, acc._last_seen = key, horizon, p50, last_seen
+        acc._newest_ms, acc._updates, acc.untracked = (int(x) for x in snap["counters"])
+        return acc
 
     def _expire(self) -> None:
         """Drop forecasts no reading can match any more: readings of an entity only move on."""

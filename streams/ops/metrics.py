@@ -43,6 +43,7 @@ STATE_EVENTS = (
     "cold_starts",
     "dropped_in_flight",
     "replayed",
+    "orphaned_temp_files_removed",
 )
 
 

@@ -327,20 +327,23 @@ class Monitor:
         if len(batch):
             latency = (report.published_ms - batch.ts_ms) / 1000.0
             m.end_to_end.observe_many(np.maximum(latency, 0.0))
-            fc = result.forecasts
-            apes = self.accuracy.update(
-                batch.kind + "\x1f" + batch.entity,
-                batch.ts_ms,
-                batch.value,
-                np.isfinite(result.expected),
-                result.forecast_rows,
-                fc.horizon_s,
-                fc.target_ms,
-                fc.p50,
-            )
+            apes, awaiting = report.forecast_apes, report.forecasts_awaiting
+            if apes is None:  # one core without partition tasks (faust): measured here
+                fc = result.forecasts
+                apes = self.accuracy.update(
+                    batch.kind + "\x1f" + batch.entity,
+                    batch.ts_ms,
+                    batch.value,
+                    np.isfinite(result.expected),
+                    result.forecast_rows,
+                    fc.horizon_s,
+                    fc.target_ms,
+                    fc.p50,
+                )
+                awaiting = self.accuracy.pending
             for horizon, ape in apes.items():
                 m.forecast_ape.observe_many(ape, horizon_s=str(horizon))
-            m.forecasts_awaiting.set(self.accuracy.pending)
+            m.forecasts_awaiting.set(awaiting)
         m.last_batch.set(report.published_ms / 1000.0)
 
     def _refresh_lag(self, consumer: Consumer) -> None:

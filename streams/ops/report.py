@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from models.processor import ProcessResult
 from schemas.batch import ReadingBatch
 
@@ -33,3 +35,6 @@ class BatchReport:
     stage_s: dict[str, float] = field(default_factory=dict)  # decode/process/deliver/commit
     published_ms: int = 0  # when every output of the batch was acknowledged
     state_events: dict[str, int] = field(default_factory=dict)  # running totals (recovery)
+    # forecast errors measured by the partition tasks (None: the monitor measures them itself)
+    forecast_apes: dict[int, np.ndarray] | None = None
+    forecasts_awaiting: int = 0

@@ -292,14 +292,14 @@ class StreamRunner:
         readings = decoded.readings
         t_process = time.perf_counter()
         replay = route.replay[readings.src_index] if route.replay is not None else None
-        result, replayed = self.processor.process(
+        out = self.processor.process(
             readings, route.task[readings.src_index], route.tids, now_ms, replay
         )
+        readings, result = out.readings, out.result  # the live rows; result is indexed like them
         replayed_records = 0
         if route.replay is not None:  # replayed records were published and dead-lettered before
             replayed_records = int(route.replay.sum())
             self.stats.counters["replayed"] += replayed_records
-            readings = readings.take(~replay)
             decoded_rejections = [r for r in decoded.rejections if not route.replay[r.src_index]]
         else:
             decoded_rejections = decoded.rejections
@@ -334,7 +334,9 @@ class StreamRunner:
             self.stats,
             self.settings.topics,
             consumed=len(good) - replayed_records,
-            topics_of_records=[m.topic() for m in good],
+            topics_of_records=[  # replayed records were counted in the life that read them
+                m.topic() for i, m in enumerate(good) if route.replay is None or not route.replay[i]
+            ],
             readings=readings,
             result=result,
             dead=len(dead),
@@ -349,6 +351,8 @@ class StreamRunner:
             published_ms=published_ms,
         )
         report.state_events = {**self.states.counters, "replayed": self.stats.counters["replayed"]}
+        report.forecast_apes = out.apes
+        report.forecasts_awaiting = self.processor.forecasts_awaiting
         self.monitor.batch_done(report, self._consumer)
         if self.on_batch is not None:
             self.on_batch(report)

@@ -8,23 +8,36 @@ exact state the partition had, whichever worker held it before.
 
 Several workers, or a restarted one, find each other's checkpoints when they share the directory
 (a volume shared by the replicas, like Flink's checkpoint directory). Files are written to a
-temporary name, fsynced and renamed, and carry the sha256 of their payload, so a crash mid-write
-leaves the previous checkpoint in place and a torn or edited file is refused, not unpickled.
+temporary name (``.<name>.<host>.<pid>.tmp``), fsynced and renamed, and carry the sha256 of
+their payload, so a crash mid-write leaves the previous checkpoint in place and a torn or edited
+file is refused, not unpickled. A temporary file left by a killed writer is removed when a worker
+starts (``remove_orphans``): at once if its writer ran on this host and is gone, otherwise once
+it is older than any write could take (``ORPHAN_AFTER_S``): another host's writer may be alive.
+
+Layout: one JSON header line, then the payload: named sections end to end (``sections`` in the
+header gives their names and sizes): ``processor`` (the core's snapshot) and ``accuracy`` (the
+forecasts waiting for their actuals, an ``.npz`` of plain arrays).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from models.processor import GridProcessor
+from streams.ops.accuracy import ForecastAccuracy
 from streams.state.tasks import TaskId
 
-FORMAT = 1
+FORMAT = 2
+ORPHAN_AFTER_S = 600.0  # a temp file this old is no write in progress, whoever made it
 
 
 class CheckpointError(Exception):
@@ -37,6 +50,7 @@ class Checkpoint:
     processor: GridProcessor
     created_ms: int
     nbytes: int
+    accuracy: ForecastAccuracy | None = None
 
 
 class CheckpointStore:
@@ -45,14 +59,59 @@ class CheckpointStore:
     def __init__(self, root: Path, group: str) -> None:
         self.dir = Path(root) / group
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._host = socket.gethostname().replace("/", "_") or "host"
+
+    def remove_orphans(self, now_s: float | None = None) -> list[Path]:
+        """Delete temp files of checkpoint writes that can no longer finish; returns them."""
+        now_s = time.time() if now_s is None else now_s
+        removed = []
+        for path in self.dir.glob(".*.ckpt.*.tmp"):
+            try:
+                age_s = now_s - path.stat().st_mtime
+            except FileNotFoundError:
+                continue  # renamed or removed by its writer meanwhile
+            if age_s < ORPHAN_AFTER_S and not self._writer_gone(path.name):
+                continue
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(path)
+        return removed
+
+    def _writer_gone(self, name: str) -> bool:
+        """True if the temp file's writer ran on this host and no longer runs."""
+        stem, _, pid = name.removesuffix(".tmp").rpartition(".")
+        if not stem.endswith(f".{self._host}") or not pid.isdigit():
+            return False  # another host's (or an older naming's) writer: only age tells
+        if int(pid) == os.getpid():
+            return False
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False  # alive, someone else's
+        return False
 
     def path(self, tid: TaskId) -> Path:
         topic, partition = tid
         return self.dir / f"{topic}.{partition}.ckpt"
 
-    def save(self, tid: TaskId, position: int, processor: GridProcessor) -> int:
+    def save(
+        self,
+        tid: TaskId,
+        position: int,
+        processor: GridProcessor,
+        accuracy: ForecastAccuracy | None = None,
+    ) -> int:
         """Write the task's state at ``position`` atomically; returns the bytes written."""
-        blob = processor.snapshot()
+        sections = {"processor": processor.snapshot()}
+        if accuracy is not None:
+            buf = io.BytesIO()
+            np.savez(buf, **accuracy.snapshot())
+            sections["accuracy"] = buf.getvalue()
+        blob = b"".join(sections.values())
         header = {
             "format": FORMAT,
             "topic": tid[0],
@@ -61,9 +120,10 @@ class CheckpointStore:
             "created_ms": int(time.time() * 1000),
             "sha256": hashlib.sha256(blob).hexdigest(),
             "bytes": len(blob),
+            "sections": [[name, len(data)] for name, data in sections.items()],
         }
         final = self.path(tid)
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        tmp = final.with_name(f".{final.name}.{self._host}.{os.getpid()}.tmp")
         with open(tmp, "wb") as fh:
             fh.write(json.dumps(header).encode() + b"\n")
             fh.write(blob)
@@ -103,13 +163,38 @@ class CheckpointStore:
                 f"{path}: payload is {len(blob)} bytes and does not match its sha256 "
                 "(torn or modified); not loading it"
             )
+        sections = _split(blob, header.get("sections"))
+        if sections is None or "processor" not in sections:
+            raise CheckpointError(f"{path}: sections do not add up to the payload")
         try:
-            processor = GridProcessor.from_snapshot(blob)
-        except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad checkpoint
+            processor = GridProcessor.from_snapshot(sections["processor"])
+            accuracy = None
+            if "accuracy" in sections:
+                with np.load(io.BytesIO(sections["accuracy"]), allow_pickle=False) as npz:
+                    accuracy = ForecastAccuracy.restore({k: npz[k] for k in npz.files})
+        except Exception as exc:  # noqa: BLE001 - any decoding failure is a bad checkpoint
             raise CheckpointError(f"{path}: cannot restore the state: {exc}") from exc
         return Checkpoint(
             position=int(header["position"]),
             processor=processor,
             created_ms=int(header.get("created_ms", 0)),
             nbytes=len(blob),
+            accuracy=accuracy,
         )
+
+
+def _split(blob: bytes, spec: object) -> dict[str, bytes] | None:
+    """The named sections of a payload, None if ``spec`` does not describe it exactly."""
+    if not isinstance(spec, list):
+        return None
+    out: dict[str, bytes] = {}
+    at = 0
+    for item in spec:
+        if not (isinstance(item, list) and len(item) == 2):
+            return None
+        name, size = item
+        if not isinstance(name, str) or not isinstance(size, int) or size < 0:
+            return None
+        out[name] = blob[at : at + size]
+        at += size
+    return out if at == len(blob) else None

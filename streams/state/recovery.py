@@ -47,6 +47,24 @@ class PartitionStates:
         self.counters: Counter[str] = Counter()
         self._parked: dict[TaskId, Task] = {}  # revoked, kept in case they come straight back
         self._due: dict[TaskId, float] = {}
+        if store is not None:
+            self.remove_orphans()
+
+    def remove_orphans(self) -> None:
+        """Remove (and count) temp files of checkpoint writes killed in an earlier life."""
+        assert self.store is not None
+        try:
+            removed = self.store.remove_orphans()
+        except OSError as exc:  # an unreadable directory shows in the saves that follow
+            log.warning("%s: cannot look for checkpoint temp files: %s", self.store.dir, exc)
+            return
+        if removed:
+            self.counters["orphaned_temp_files_removed"] += len(removed)
+            log.info(
+                "removed %d temp file(s) of checkpoint writes that were cut short: %s",
+                len(removed),
+                ", ".join(p.name for p in removed),
+            )
 
     # -- assignment ---------------------------------------------------------------------------
     def assign(self, committed: dict[TaskId, int]) -> dict[TaskId, int]:
@@ -87,6 +105,8 @@ class PartitionStates:
                 )
             elif checkpoint.position > best[0]:
                 task = Task(checkpoint.processor, checkpoint.position, checkpoint.position)
+                if checkpoint.accuracy is not None:
+                    task.accuracy = checkpoint.accuracy
                 best = (checkpoint.position, task, "checkpoint")
         position, chosen, source = best
         if chosen is None and self.store is not None:
@@ -99,7 +119,7 @@ class PartitionStates:
                     "%s/%d: no checkpoint; replaying the partition to offset %d", *tid, committed
                 )
             return self.tasks.adopt(tid, self.tasks.new_processor(), start)
-        task = self.tasks.adopt(tid, chosen.processor, position)
+        task = self.tasks.adopt(tid, chosen.processor, position, chosen.accuracy)
         task.checkpointed = chosen.checkpointed
         log.info(
             "%s/%d: state from %s at offset %d; replaying %d readings to the committed %d",
@@ -176,7 +196,7 @@ class PartitionStates:
         if self.store is None or task.position < 0 or task.position == task.checkpointed:
             return
         try:
-            nbytes = self.store.save(tid, task.position, task.processor)
+            nbytes = self.store.save(tid, task.position, task.processor, task.accuracy)
         except OSError as exc:  # a full disk must not stop scoring; restarts just replay more
             self.counters["checkpoint_errors"] += 1
             log.error("%s/%d: checkpoint failed: %s", *tid, exc)

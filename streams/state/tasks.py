@@ -9,11 +9,14 @@ so scores after a rebalance equal the scores without one.
 
 ``position`` is the offset of the next reading a task has not seen: its state reflects exactly
 the readings below it. That is the invariant checkpoints and replays rely on.
+
+A task also holds the forecasts of its entities that wait for their actual reading
+(``streams.ops.accuracy``), so the live forecast error survives a restore like the windows do.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -21,6 +24,7 @@ from models.ensemble import NowcastEnsemble
 from models.params import ProcessorParams
 from models.processor import GridProcessor, ProcessResult
 from schemas.batch import ForecastBatch, ReadingBatch
+from streams.ops.accuracy import ForecastAccuracy
 
 TaskId = tuple[str, int]  # (topic, partition)
 
@@ -32,6 +36,32 @@ class Task:
     processor: GridProcessor
     position: int = -1  # next offset not yet reflected in the state; -1: nothing seen
     checkpointed: int = -1  # position of the last checkpoint written for this task
+    accuracy: ForecastAccuracy = field(default_factory=ForecastAccuracy)
+
+    def track(self, batch: ReadingBatch, result: ProcessResult) -> dict[int, np.ndarray]:
+        """Feed a batch and its result to the task's forecast-error tracker; APEs by horizon."""
+        fc = result.forecasts
+        return self.accuracy.update(
+            batch.kind + "\x1f" + batch.entity,
+            batch.ts_ms,
+            batch.value,
+            np.isfinite(result.expected),
+            result.forecast_rows,
+            fc.horizon_s,
+            fc.target_ms,
+            fc.p50,
+        )
+
+
+@dataclass(slots=True)
+class TaskOutput:
+    """What a batch published: its live readings, their result (indexed like ``readings``),
+    the forecast errors measured on them, and how many rows were replayed instead."""
+
+    readings: ReadingBatch
+    result: ProcessResult
+    replayed: int = 0
+    apes: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 class TaskSet:
@@ -69,12 +99,22 @@ class TaskSet:
     def new_processor(self) -> GridProcessor:
         return GridProcessor(self.params, ensemble=self._ensemble)
 
-    def adopt(self, tid: TaskId, processor: GridProcessor, position: int) -> Task:
+    def adopt(
+        self,
+        tid: TaskId,
+        processor: GridProcessor,
+        position: int,
+        accuracy: ForecastAccuracy | None = None,
+    ) -> Task:
         """Install ``processor`` (fresh or restored) as the task of ``tid``."""
         processor.set_ensemble(self._ensemble)
-        task = Task(processor, position)
+        task = Task(processor, position, accuracy=accuracy or ForecastAccuracy())
         self.tasks[tid] = task
         return task
+
+    @property
+    def forecasts_awaiting(self) -> int:
+        return sum(t.accuracy.pending for t in self.tasks.values())
 
     def task(self, tid: TaskId) -> Task:
         task = self.tasks.get(tid)
@@ -93,30 +133,39 @@ class TaskSet:
         tids: list[TaskId],
         now_ms: int,
         replay_rows: np.ndarray | None = None,
-    ) -> tuple[ProcessResult, int]:
-        """Process each task's rows on its own core; one result indexed like ``batch``.
+    ) -> TaskOutput:
+        """Process each task's rows on its own core; the live rows and their merged result.
 
         Rows flagged in ``replay_rows`` rebuild state only: they are processed before the task's
-        other rows (they precede them in the partition) and their outputs are dropped, because
-        they were published before the crash or move that made the replay necessary. Returns the
-        merged result and the number of rows replayed.
+        other rows (they precede them in the partition), their forecasts join the task's error
+        tracker without being scored, and their outputs are dropped, because they were published
+        (and scored) before the crash or move that made the replay necessary. The result indexes
+        the live rows only, ``TaskOutput.readings``, so the two can never disagree in length.
         """
+        live = None if replay_rows is None or not replay_rows.any() else ~replay_rows
+        out_batch = batch if live is None else batch.take(live)
+        out_task = task_of_row if live is None else task_of_row[live]
         parts: list[tuple[np.ndarray, ProcessResult]] = []
+        apes: dict[int, list[np.ndarray]] = {}
         replayed = 0
         for t in np.unique(task_of_row):
-            proc = self.task(tids[int(t)]).processor
-            mine = task_of_row == t
-            if replay_rows is not None:
-                again = mine & replay_rows
+            task = self.task(tids[int(t)])
+            if live is not None:
+                again = (task_of_row == t) & replay_rows
                 if again.any():
-                    proc.process_batch(batch.take(again), now_ms)
+                    part = batch.take(again)
+                    task.track(part, task.processor.process_batch(part, now_ms))
                     replayed += int(again.sum())
-                    mine &= ~replay_rows
-            rows = np.flatnonzero(mine)
+            rows = np.flatnonzero(out_task == t)
             if rows.size:
-                part = batch if rows.size == len(batch) else batch.take(rows)  # one task: no copy
-                parts.append((rows, proc.process_batch(part, now_ms)))
-        return merge_results(parts, len(batch), self.model), replayed
+                part = out_batch if rows.size == len(out_batch) else out_batch.take(rows)
+                res = task.processor.process_batch(part, now_ms)
+                parts.append((rows, res))
+                for h, ape in task.track(part, res).items():
+                    apes.setdefault(h, []).append(ape)
+        result = merge_results(parts, len(out_batch), self.model)
+        merged = {h: a[0] if len(a) == 1 else np.concatenate(a) for h, a in apes.items()}
+        return TaskOutput(out_batch, result, replayed, merged)
 
 
 def merge_results(

@@ -133,6 +133,35 @@ def test_forecasts_are_scored_when_their_target_reading_arrives() -> None:
     assert acc.pending == 0
 
 
+def test_waiting_forecasts_survive_a_snapshot_as_plain_arrays() -> None:
+    acc = ForecastAccuracy(capacity=100, max_entities=10, expire_after_s=7200)
+    t0 = 1_700_000_000_000
+    feed(acc, ["a", "b"], [t0, t0], [100.0, 50.0], [(0, 900, 110.0), (1, 1800, 40.0)])
+    snap = acc.snapshot()
+    assert all(isinstance(v, np.ndarray) and v.dtype != object for v in snap.values())
+    back = ForecastAccuracy.restore(snap)
+    assert (back.pending, back.entities, back.capacity) == (2, 2, 100)
+    for tracker in (acc, back):
+        out = feed(tracker, ["a", "b"], [t0 + STEP, t0 + 2 * STEP], [100.0, 50.0], [])
+        np.testing.assert_allclose(out[900], [0.1])
+        np.testing.assert_allclose(out[1800], [0.2])
+
+
+def test_readings_and_their_result_of_different_lengths_are_refused_clearly() -> None:
+    acc = ForecastAccuracy()
+    with pytest.raises(ValueError, match="differ in length"):
+        acc.update(
+            np.array(["a", "b"], dtype=object),
+            np.zeros(2, dtype=np.int64),
+            np.ones(2),
+            np.ones(32, dtype=bool),
+            np.empty(0, dtype=np.int64),
+            np.empty(0, dtype=np.int64),
+            np.empty(0, dtype=np.int64),
+            np.empty(0),
+        )
+
+
 def test_a_forecast_and_its_target_in_the_same_batch_match() -> None:
     acc = ForecastAccuracy()
     t0 = 1_700_000_000_000

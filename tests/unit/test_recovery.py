@@ -44,8 +44,9 @@ def test_tasks_score_each_partition_on_its_own_core_and_merge_by_row(
 ) -> None:
     tasks = TaskSet()
     part = partition_of(stream)
-    merged, replayed = tasks.process(stream, part, [A, B], NOW_MS)
-    assert replayed == 0 and set(tasks.tasks) == {A, B}
+    out = tasks.process(stream, part, [A, B], NOW_MS)
+    merged = out.result
+    assert out.replayed == 0 and out.readings is stream and set(tasks.tasks) == {A, B}
     for p, tid in enumerate([A, B]):
         rows = np.flatnonzero(part == p)
         alone = GridProcessor().process_batch(stream.take(rows), NOW_MS)
@@ -65,17 +66,26 @@ def test_replayed_rows_rebuild_state_and_publish_nothing(stream: ReadingBatch) -
     cut = len(stream) // 2
     whole = TaskSet()
     whole.process(stream.take(np.arange(cut)), part[:cut], [A, B], NOW_MS)
-    expected, _ = whole.process(stream.take(np.arange(cut, len(stream))), part[cut:], [A, B], 0)
+    expected = whole.process(stream.take(np.arange(cut, len(stream))), part[cut:], [A, B], 0)
 
     replaying = TaskSet()
     replay = np.arange(len(stream)) < cut
-    got, replayed = replaying.process(stream, part, [A, B], 0, replay)
-    assert replayed == cut
-    live = np.arange(cut, len(stream))
-    assert np.all(np.isnan(got.score[:cut])) and np.all(got.severity[:cut] == -1)
-    np.testing.assert_array_equal(got.score[live], expected.score)
-    assert not np.isin(got.forecast_rows, np.arange(cut)).any()
-    assert [ev.event_id for ev in got.anomalies] == [ev.event_id for ev in expected.anomalies]
+    out = replaying.process(stream, part, [A, B], 0, replay)
+    got = out.result
+    assert out.replayed == cut
+    # the result describes the live rows only, like the readings it comes with
+    assert len(out.readings) == len(got.score) == len(stream) - cut
+    np.testing.assert_array_equal(out.readings.src_index, stream.src_index[cut:])
+    np.testing.assert_array_equal(got.score, expected.result.score)
+    np.testing.assert_array_equal(got.forecast_rows, expected.result.forecast_rows)
+    assert [ev.event_id for ev in got.anomalies] == [
+        ev.event_id for ev in expected.result.anomalies
+    ]
+    # replayed forecasts waited for their actuals as they would have without the replay
+    assert expected.apes and sorted(out.apes) == sorted(expected.apes)
+    for h, ape in expected.apes.items():
+        np.testing.assert_array_equal(out.apes[h], ape)
+    assert replaying.forecasts_awaiting == whole.forecasts_awaiting
 
 
 def test_checkpoint_round_trip_and_resume_scores_identically(
@@ -99,6 +109,23 @@ def test_checkpoint_round_trip_and_resume_scores_identically(
     assert store.load(B) is None
 
 
+def test_a_checkpoint_carries_the_forecasts_waiting_for_their_actuals(
+    tmp_path: Path, stream: ReadingBatch
+) -> None:
+    store = CheckpointStore(tmp_path, "g")
+    tasks = TaskSet()
+    head = stream.take(np.arange(400))
+    tasks.process(head, np.zeros(len(head), dtype=np.int64), [A], NOW_MS)
+    task = tasks.tasks[A]
+    assert task.accuracy.pending > 0
+    store.save(A, 400, task.processor, task.accuracy)
+    ck = store.load(A)
+    assert ck is not None and ck.accuracy is not None
+    assert ck.accuracy.pending == task.accuracy.pending
+    for name, arr in task.accuracy.snapshot().items():
+        np.testing.assert_array_equal(ck.accuracy.snapshot()[name], arr)
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip", "other_partition", "garbage"])
 def test_damaged_checkpoint_is_refused_not_unpickled(tmp_path: Path, damage: str) -> None:
     store = CheckpointStore(tmp_path, "g")
@@ -118,6 +145,43 @@ def test_damaged_checkpoint_is_refused_not_unpickled(tmp_path: Path, damage: str
         path.write_bytes(b"\x80\x04not a checkpoint")
     with pytest.raises(CheckpointError, match=str(path.name)):
         store.load(A)
+
+
+def test_temp_files_of_killed_checkpoint_writes_are_removed_at_start_and_counted(
+    tmp_path: Path,
+) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    store = CheckpointStore(tmp_path, "g")
+    store.save(A, 5, GridProcessor())
+    name = store.path(A).name
+    host = socket.gethostname()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],  # noqa: S603
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)
+    old = time.time() - 3600
+    files = {
+        f".{name}.{host}.{dead_pid}.tmp": (None, True),  # this host, writer gone: at once
+        f".{name}.{host}.{os.getppid()}.tmp": (None, False),  # this host, writer alive
+        f".{name}.other-host.123.tmp": (None, False),  # another host: may be writing now
+        f".{name}.other-host.124.tmp": (old, True),  # another host, far too old to be a write
+        f".{name}.6996.tmp": (old, True),  # the earlier naming, old
+        f".{name}.6997.tmp": (None, False),  # the earlier naming, fresh
+    }
+    for fname, (mtime, _) in files.items():
+        (store.dir / fname).write_bytes(b"half a checkpoint")
+        if mtime is not None:
+            os.utime(store.dir / fname, (mtime, mtime))
+    states = PartitionStates(TaskSet(), store)
+    assert states.counters["orphaned_temp_files_removed"] == 3
+    for fname, (_, orphan) in files.items():
+        assert (store.dir / fname).exists() != orphan, fname
+    ck = store.load(A)
+    assert ck is not None and ck.position == 5  # the checkpoint itself is untouched
 
 
 def test_assignment_prefers_the_newest_state_not_ahead_of_the_commit(tmp_path: Path) -> None:
