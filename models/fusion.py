@@ -46,7 +46,7 @@ def fuse(logp: dict[str, np.ndarray], params: ProcessorParams) -> np.ndarray:
 
 def score_of(log10p: np.ndarray, params: ProcessorParams) -> np.ndarray:
     """``-log10 p / score_decades`` clipped to [0, 1]."""
-    return np.clip(-log10p / params.score_decades, 0.0, 1.0)
+    return np.clip(-log10p / params.score_decades, 0.0, 1.0) + 0.0  # no -0.0
 
 
 def severity_rank(score: np.ndarray, params: ProcessorParams) -> np.ndarray:

@@ -79,7 +79,8 @@ def score_round(
     logp = {}
     for name, x in stats.items():
         x = np.where(warm, x, np.nan)  # a cold entity's statistics are noise: not learned
-        logp[name] = tails.score_and_learn(c, s, tails.TAIL_SLOTS[name], x, p)
+        z_like = name in ("residual", "channel")
+        logp[name] = tails.score_and_learn(c, s, tails.TAIL_SLOTS[name], x, p, z_like)
     logp["stuck"] = np.where(warm, tails.stuck_log10p(o.run, c["repeat_rate"][s], p), 0.0)
     strongest = np.minimum.reduce(list(logp.values()))
     observed = Observed(

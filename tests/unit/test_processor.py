@@ -46,7 +46,7 @@ P_HST = replace(
     P_SHORT,
     hst_window=16,
     hst_learn_every=2,
-    gate_decades=0.01,
+    gate_decades=1.0,
     detectors=(*P.detectors, "hst"),
 )
 # The river model is off by default: entities are then fully independent of each other.
