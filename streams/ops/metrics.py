@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from typing import get_args
 
 import numpy as np
 from prometheus_client import (
@@ -23,6 +24,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
+
+from schemas.outputs import ErrorClass
 
 NAMESPACE = "gridstream"
 
@@ -164,6 +167,8 @@ class GridMetrics:
             namespace=ns,
             registry=r,
         )
+        for reason in get_args(ErrorClass):  # at 0 from the start, so a first flood is a rate
+            self.dead_letters.labels(reason)
         self.dropped = Counter(
             "readings_dropped",
             "Readings dropped without a dead letter (exact redeliveries), by reason.",
@@ -210,6 +215,15 @@ class GridMetrics:
             "kafka_errors",
             "Errors reported by the Kafka clients, by librdkafka error name.",
             ["error"],
+            namespace=ns,
+            registry=r,
+        )
+        # One unlabelled series, present from the start: a rule sees the very first error (a
+        # series born with its first increment shows no increase); names are in kafka_errors.
+        self.consumer_errors = Counter(
+            "consumer_errors",
+            "Error messages returned by the consumer's poll instead of records (also counted, by "
+            "error name, in kafka_errors).",
             namespace=ns,
             registry=r,
         )
@@ -333,6 +347,13 @@ class GridMetrics:
         self.health_status = Gauge(
             "health_status",
             "Health of the processor: 0 ok, 1 degraded, 2 critical (see GET /health).",
+            namespace=ns,
+            registry=r,
+        )
+        self.model_store_failing = Gauge(
+            "model_store_failing",
+            "1 while the model store's newest promoted set is refused (unreadable, unverified or "
+            "not fitting) and the previous set serves; 0 otherwise.",
             namespace=ns,
             registry=r,
         )
