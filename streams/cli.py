@@ -168,7 +168,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     from streams.runtime.runner import ensure_topics
     from streams.sim.generator import SimConfig
-    from streams.sim.producer import run_simulator
+    from streams.sim.producer import newest_reading_ms, run_simulator
 
     settings = _settings(args)
     _setup_logging(settings.log_level, settings.log_format)
@@ -182,6 +182,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     config = SimConfig(meters=args.meters, assets=args.assets, seed=args.seed)
     now_ms = int(time.time() * 1000)
     start_ms = now_ms - int(args.backfill_hours * 3_600_000)
+    if args.resume:
+        newest = newest_reading_ms(
+            settings.kafka.client_config(), [settings.topics.meter, settings.topics.scada]
+        )
+        if newest is not None and newest >= start_ms:
+            start_ms = min(newest + 1, now_ms)
+            print(f"resuming after the newest reading in the topics ({newest} ms)", flush=True)
     print(
         f"simulating {args.meters} meters and {args.assets} SCADA assets into "
         f"{settings.topics.meter} / {settings.topics.scada} on "
@@ -382,6 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="start this far in the past and catch up at --speed",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="start after the newest reading already in the input topics, so a restart continues "
+        "the stream instead of producing the backfill again",
     )
     p.add_argument("--seconds", type=float, default=None, help="stop after this long")
     p.add_argument(

@@ -360,3 +360,68 @@ def test_dashboard_shows_what_the_issue_asks_and_panels_do_not_overlap(
         assert not area & cells, panel["title"]
         cells |= area
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+
+
+def _stat_shows(panel: dict[str, Any], value: float) -> tuple[str, str]:
+    """(text, colour) a Grafana stat panel shows for ``value``: a value mapping if one matches,
+    else the number coloured by the highest threshold step at or below it (Grafana's rule)."""
+    defaults = panel["fieldConfig"]["defaults"]
+    for mapping in defaults.get("mappings", []):
+        if mapping["type"] == "value":
+            for key, shown in mapping["options"].items():
+                if float(key) == value:
+                    return shown.get("text", f"{value:g}"), shown["color"]
+    colour = None
+    for step in defaults["thresholds"]["steps"]:
+        if step["value"] is None or value >= step["value"]:
+            colour = step["color"]
+    assert colour is not None, panel["title"]
+    return f"{value:g}", colour
+
+
+def test_stat_panels_show_health_words_only_on_the_health_panel(dashboard: dict[str, Any]) -> None:
+    stats = {p["title"]: p for p in dashboard["panels"] if p["type"] == "stat"}
+    health = stats.pop("Health (worst replica)")
+    assert [_stat_shows(health, v) for v in (0, 1, 2)] == [
+        ("ok", "green"),
+        ("degraded", "orange"),
+        ("critical", "red"),
+    ]
+    assert set(stats) == {"Replicas up", "Partitions assigned", "Entities"}
+    words = {"ok", "degraded", "critical"}
+    for title, panel in stats.items():
+        for value in (0, 1, 2, 3, 12, 100_000):
+            text, _ = _stat_shows(panel, value)
+            assert text not in words, (title, value, text)
+    assert _stat_shows(stats["Replicas up"], 2) == ("2", "green")
+    assert _stat_shows(stats["Replicas up"], 0)[1] == "red"
+    assert _stat_shows(stats["Partitions assigned"], 12) == ("12", "green")
+    assert _stat_shows(stats["Partitions assigned"], 0)[1] == "red"
+    assert _stat_shows(stats["Entities"], 1_000_000)[1] not in ("red", "orange")
+
+
+# -- exposure ----------------------------------------------------------------------------------
+def test_published_ports_listen_on_loopback_only(compose: dict[str, Any]) -> None:
+    published = 0
+    for name, svc in compose["services"].items():
+        for port in svc.get("ports", []):
+            assert isinstance(port, str), f"{name}: use the string form with 127.0.0.1"
+            host, _, _ = port.rpartition(":")
+            assert host.split(":")[0] == "127.0.0.1", f"{name} publishes {port} beyond loopback"
+            published += 1
+    assert published >= 5  # kafka, clickhouse, prometheus, alertmanager, grafana
+
+
+def test_no_lifecycle_or_admin_api_is_enabled(compose: dict[str, Any]) -> None:
+    for name, svc in compose["services"].items():
+        command = " ".join(map(str, svc.get("command", [])))
+        assert "--web.enable-lifecycle" not in command, name
+        assert "--web.enable-admin-api" not in command, name
+
+
+def test_the_simulator_service_resumes_instead_of_backfilling_again(
+    compose: dict[str, Any],
+) -> None:
+    args = build_parser().parse_args(compose["services"]["simulator"]["command"])
+    assert args.backfill_hours > 0 and args.resume
+    assert compose["services"]["simulator"]["restart"] == "unless-stopped"
