@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import socket
 import sys
@@ -75,6 +76,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from streams.state.tasks import TaskSet
 
     port = getattr(args, "http_port", None)
+    if getattr(args, "no_migrate", False):  # the CLI edge: workers inherit it with the env
+        os.environ["GRIDSTREAM_CLICKHOUSE__MIGRATE"] = "false"
     settings = load_settings(args.config, **({} if port is None else {"http_port": port}))
     workers = getattr(args, "workers", 1)
     check_workers(settings, workers)
@@ -101,7 +104,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         sink = clickhouse_sink(settings)
         if sink is not None:
-            sink.ensure_schema()
+            if settings.clickhouse.migrate:
+                sink.ensure_schema()
+            else:
+                sink.verify_schema()
             monitor.health.clickhouse_connected()
         if isinstance(processor, GridProcessor):  # --engine faust: same core in a faust worker
             from streams.runtime.faust_engine import FaustEngine
@@ -145,6 +151,24 @@ def cmd_broker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Apply the schema as its owner, so processors can run with INSERT rights only."""
+    from streams.runtime.wiring import clickhouse_sink
+
+    settings = _settings(args)
+    _setup_logging(settings.log_level, settings.log_format, _secrets(settings))
+    sink = clickhouse_sink(settings)
+    if sink is None:
+        raise ConfigError("GRIDSTREAM_CLICKHOUSE__BACKEND is 'none': there is nothing to migrate")
+    try:
+        version = sink.ensure_schema()
+    finally:
+        sink.backend.close()
+    where = f" on cluster {settings.clickhouse.cluster}" if settings.clickhouse.cluster else ""
+    print(f"ClickHouse database {settings.clickhouse.database}{where}: schema version {version}")
+    return 0
+
+
 def cmd_query(args: argparse.Namespace) -> int:
     from sinks.table_format import format_table
     from streams.runtime.wiring import clickhouse_backend
@@ -153,8 +177,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     backend = clickhouse_backend(settings)
     if backend is None:
         raise ConfigError("GRIDSTREAM_CLICKHOUSE__BACKEND is 'none': there is nothing to query")
-    try:
-        backend.command(f"CREATE DATABASE IF NOT EXISTS `{settings.clickhouse.database}`")
+    try:  # no DDL: an analyst's read-only user may run this
         backend.command(f"USE `{settings.clickhouse.database}`")
         result = backend.query(args.sql)
         print(format_table(result.column_names, result.rows, max_rows=args.max_rows))
@@ -359,6 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="port of /health, /metrics, /models (default $GRIDSTREAM_HTTP_PORT or 8000; 0 = off)",
     )
     p.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help="only check the ClickHouse schema, never change it (a user with INSERT rights "
+        "suffices; run `gridstream migrate` first); same as GRIDSTREAM_CLICKHOUSE__MIGRATE=false",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -412,6 +441,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9092)
     p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser(
+        "migrate",
+        help="create or migrate the ClickHouse schema, views and retention, then exit",
+    )
+    p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("query", help="run SQL on the configured ClickHouse and print a table")
     p.add_argument("sql")

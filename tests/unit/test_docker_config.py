@@ -78,6 +78,7 @@ def test_compose_has_every_service_with_pinned_images(compose: dict[str, Any]) -
     assert set(services) == {
         "kafka",
         "clickhouse",
+        "migrate",
         "processor",
         "simulator",
         "prometheus",
@@ -98,7 +99,7 @@ def test_compose_health_checks_and_volumes(compose: dict[str, Any]) -> None:
     services = compose["services"]
     for name, svc in services.items():
         check = svc.get("healthcheck", {})
-        if name == "simulator":
+        if name in ("simulator", "migrate"):
             assert check.get("disable") is True  # it serves no HTTP
         else:
             assert check.get("test"), f"{name} has no health check"
@@ -124,7 +125,7 @@ def test_kafka_runs_in_kraft_mode_where_the_processors_look(compose: dict[str, A
     assert f"PLAINTEXT://{bootstrap}" in env["KAFKA_ADVERTISED_LISTENERS"].split(",")
 
 
-@pytest.mark.parametrize("service", ["processor", "simulator"])
+@pytest.mark.parametrize("service", ["processor", "simulator", "migrate"])
 def test_gridstream_environment_is_valid_configuration(
     compose: dict[str, Any], service: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -135,7 +136,7 @@ def test_gridstream_environment_is_valid_configuration(
         monkeypatch.setenv(key, value)
     settings = load_settings()  # raises ConfigError on any bad value
     assert settings.log_format == "json"
-    if service == "processor":
+    if service in ("processor", "migrate"):
         assert settings.clickhouse.backend == "server"
         assert settings.clickhouse.host == "clickhouse"
         assert settings.clickhouse.password_file is not None
@@ -144,7 +145,16 @@ def test_gridstream_environment_is_valid_configuration(
 
 def test_processor_and_simulator_commands_parse(compose: dict[str, Any]) -> None:
     parser = build_parser()
-    assert parser.parse_args(compose["services"]["processor"]["command"]).command == "run"
+    run = parser.parse_args(compose["services"]["processor"]["command"])
+    assert run.command == "run" and run.no_migrate  # the migrate job owns the schema
+    assert parser.parse_args(compose["services"]["migrate"]["command"]).command == "migrate"
+    depends = compose["services"]["processor"]["depends_on"]["migrate"]
+    assert depends["condition"] == "service_completed_successfully"
+    migrate_env = compose["services"]["migrate"]["environment"]
+    processor_env = compose["services"]["processor"]["environment"]
+    for key in ("HOST", "PORT", "DATABASE"):
+        name = f"GRIDSTREAM_CLICKHOUSE__{key}"
+        assert migrate_env[name] == processor_env[name]
     args = parser.parse_args(compose["services"]["simulator"]["command"])
     assert args.command == "simulate" and args.meters > 0
 
