@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="override a ProcessorParams number (repeatable), e.g. --param lik_decades=12",
+        help="override a ProcessorParams number (repeatable), e.g. --param score_decades=7",
     )
     args = ap.parse_args(argv)
     nab_dir = args.data / "nab"
