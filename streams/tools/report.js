@@ -49,12 +49,13 @@
 
   function labelShapes(d) {
     var shapes = [], notes = [];
-    d.lab.forEach(function (w) {
+    d.lab.forEach(function (w, i) {
       var hit = w[3] === 1;
       shapes.push({ type: "rect", xref: "x", yref: "paper", x0: w[0], x1: w[1], y0: 0, y1: 1,
         layer: "below", line: { width: 0 },
         fillcolor: hit ? "rgba(44,160,44,0.16)" : "rgba(214,39,40,0.13)" });
-      notes.push({ xref: "x", yref: "paper", x: (w[0] + w[1]) / 2, y: 1, yanchor: "bottom",
+      notes.push({ xref: "x", yref: "paper", x: (w[0] + w[1]) / 2, y: 1 + 0.045 * (i % 2),
+        yanchor: "bottom",
         showarrow: false, font: { size: 10, color: hit ? "#2c7a2c" : "#b21f1f" },
         text: (hit ? "hit: " : "missed: ") + w[2] });
     });
@@ -71,7 +72,7 @@
       line: { color: "#222", width: 1.1 }, hovertemplate: "actual %{y}<extra>%{x}</extra>" };
     var traces = forecastTraces(d, type, times).concat([actual], eventTraces(d, times));
     var marks = labelShapes(d);
-    var layout = { height: 460, margin: { t: 40, b: 40, l: 60, r: 20 }, hovermode: "closest",
+    var layout = { height: 480, margin: { t: 56, b: 40, l: 60, r: 20 }, hovermode: "closest",
       title: { text: d.kind + " " + d.id, x: 0.01, font: { size: 15 } },
       xaxis: { type: "date", title: "time (UTC)", rangeslider: { thickness: 0.08 } },
       yaxis: { title: d.kind === "meter" ? "kW" : "MW" }, legend: { orientation: "h", y: -0.35 },

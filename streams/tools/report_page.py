@@ -128,7 +128,7 @@ def render(
     yield (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
            f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
            f"<title>{html.escape(title)}</title><style>{_CSS}</style><script>{_ERRORS}</script>")
-    yield f"<script>{get_plotlyjs()}</script></head><body{first}>"
+    yield f"<script id='plotly-js'>{get_plotlyjs()}</script></head><body{first}>"
     yield (f"<h1>{html.escape(title)}</h1><p class='meta'>{meta}</p><nav>"
            "<a href='#entity'>entity</a><a href='#fleet'>fleet timeline</a>"
            "<a href='#top'>top entities</a><a href='#error'>nowcast error</a>"
