@@ -49,9 +49,12 @@
 
   function labelShapes(d) {
     var shapes = [], notes = [];
+    // a window of one reading is drawn at least 1/250 of the time axis wide, so it shows
+    var least = d.t.length ? 4 * (d.t[d.t.length - 1] - d.t[0]) : 0;
     d.lab.forEach(function (w, i) {
-      var hit = w[3] === 1;
-      shapes.push({ type: "rect", xref: "x", yref: "paper", x0: w[0], x1: w[1], y0: 0, y1: 1,
+      var hit = w[3] === 1, pad = Math.max(0, (least - (w[1] - w[0])) / 2);
+      shapes.push({ type: "rect", xref: "x", yref: "paper", x0: w[0] - pad, x1: w[1] + pad,
+        y0: 0, y1: 1,
         layer: "below", line: { width: 0 },
         fillcolor: hit ? "rgba(44,160,44,0.16)" : "rgba(214,39,40,0.13)" });
       notes.push({ xref: "x", yref: "paper", x: (w[0] + w[1]) / 2, y: 1 + 0.045 * (i % 2),

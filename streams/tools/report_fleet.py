@@ -201,17 +201,21 @@ class LabelOutcome:
 
 def label_outcomes(inp: ReportInput, grace_ms: int = DETECTION_GRACE_MS
                    ) -> tuple[list[LabelOutcome], int]:
-    """Each labelled window with whether an event hit it, and the events that hit no window."""
-    if not inp.labels:
+    """Each labelled window that starts within the readings' span, with whether an event hit it,
+    and the events that hit no window (windows after the last reading are not yet judged)."""
+    if not inp.labels or inp.readings.empty:
         return [], 0
+    ts = inp.readings["ts_ms"].to_numpy(np.int64)
+    first, last = int(ts.min()), int(ts.max())
+    labels = [lab for lab in inp.labels if first <= lab.start_ms <= last]
     records = [AnomalyRecord("", str(r.entity_id), str(r.entity_kind), int(r.ts_ms), 0.0, "",
                              {}, [], [], {}, {}, 0) for r in inp.events.itertuples()]
     by_entity: dict[tuple[str, str], list[AnomalyRecord]] = {}
     for rec in records:
         by_entity.setdefault((rec.entity_kind, rec.entity_id), []).append(rec)
     outcomes = []
-    for lab in inp.labels:
+    for lab in labels:
         near = by_entity.get((lab.entity_kind, lab.entity_id), [])
         outcomes.append(LabelOutcome(lab, match_detections(near, [lab], grace_ms).detected > 0))
-    true_events = match_detections(records, list(inp.labels), grace_ms).true_events
+    true_events = match_detections(records, labels, grace_ms).true_events
     return outcomes, len(records) - true_events
