@@ -391,6 +391,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(
             f"promotion: {'promoted' if decision.promoted else 'not promoted'}: {decision.reason}"
         )
+    from streams.tools.report_validation import write_validation_report
+
+    report = Path(args.report) if args.report else path.parent / f"{path.name}-validation.html"
+    write_validation_report(batches, params, path, metrics, report)
+    print(f"validation report (quantile calibration, error by horizon): {report}")
     return 0
 
 
@@ -542,6 +547,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-iter", type=int, default=200, help="boosting iterations per model")
     p.add_argument("--no-promote", action="store_true", help="save the set but do not promote it")
+    p.add_argument(
+        "--report",
+        default=None,
+        help="the validation report's HTML file (default STORE/<set>-validation.html)",
+    )
     p.set_defaults(func=cmd_train)
     return parser
 

@@ -1,7 +1,7 @@
 // gridstream report: draws the fleet figures on load and one entity's figure on demand.
 // Data: #fleet-figures (plotly figures made in Python), #entity-index ([key, kind, id, readings,
-// events] per entity) and one <script type="application/json" id="e-N"> per entity, parsed only
-// when that entity is shown. The entity shown is the one named in the URL (#entity=KEY).
+// events] per entity) and one JSON script element per entity (id e-N), parsed only when that
+// entity is shown. The entity shown is the one named in the URL (#entity=KEY).
 (function () {
   "use strict";
   var SEVERITIES = ["info", "warning", "critical"];
