@@ -65,10 +65,24 @@
     return { shapes: shapes, annotations: notes };
   }
 
+  function cumulative(deltas) {  // times are stored as differences: back to seconds from t0
+    var out = new Array(deltas.length), sum = 0;
+    for (var i = 0; i < deltas.length; i++) { sum += deltas[i]; out[i] = sum; }
+    return out;
+  }
+
+  function entity(i) {
+    var d = JSON.parse(document.getElementById("e-" + i).textContent);
+    d.t = cumulative(d.t);
+    d.f.forEach(function (f) { f.t = cumulative(f.t); });
+    if (d.ev) d.ev.t = cumulative(d.ev.t);
+    return d;
+  }
+
   function show(key) {
     var i = byKey.get(key);
     if (i === undefined) return Promise.resolve();
-    var d = JSON.parse(document.getElementById("e-" + i).textContent);
+    var d = entity(i);
     var type = d.t.length > 5000 ? "scattergl" : "scatter";
     var times = function (a) { return a.map(function (s) { return d.t0 + 1000 * s; }); };
     var actual = { type: type, x: times(d.t), y: d.y, mode: "lines", name: "actual",

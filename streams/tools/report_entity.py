@@ -41,6 +41,11 @@ def _digits(values: np.ndarray) -> int:
     return 4 if top == 0 else int(min(10, max(0, 4 - math.floor(math.log10(top)))))
 
 
+def _deltas(ts_ms: np.ndarray, t0: int) -> np.ndarray:
+    """Seconds from ``t0``, each written as the difference from the one before."""
+    return np.diff((ts_ms - t0) // 1000, prepend=0)
+
+
 def _thin(n: int, max_points: int) -> slice:
     return slice(None, None, max(1, math.ceil(n / max_points)))
 
@@ -99,13 +104,13 @@ def _document(key: tuple[str, str], rd: pd.DataFrame, fc: pd.DataFrame, ev: pd.D
     keep = _thin(len(ts), max_points)
     doc: dict = {
         "key": entity_key(*key), "kind": key[0], "id": key[1], "t0": t0,
-        "t": (ts[keep] - t0) // 1000, "y": np.round(values[keep], digits), "f": [], "ev": None,
+        "t": _deltas(ts[keep], t0), "y": np.round(values[keep], digits), "f": [], "ev": None,
         "lab": [[o.label.start_ms, o.label.end_ms, o.label.kind, int(o.hit)] for o in labels],
     }
     for h, g in fc.groupby("horizon_s", sort=True):
         keep_f = _thin(len(g), max_points)
         doc["f"].append({
-            "h": int(h), "t": (g["target_ms"].to_numpy(np.int64)[keep_f] - t0) // 1000,
+            "h": int(h), "t": _deltas(g["target_ms"].to_numpy(np.int64)[keep_f], t0),
             **{q: np.round(g[q].to_numpy(np.float64)[keep_f], digits)
                for q in ("p10", "p50", "p90")},
         })
@@ -113,7 +118,7 @@ def _document(key: tuple[str, str], rd: pd.DataFrame, fc: pd.DataFrame, ev: pd.D
         at = ev["ts_ms"].to_numpy(np.int64)
         pos = np.clip(np.searchsorted(ts, at), 0, len(ts) - 1)
         doc["ev"] = {
-            "t": (at - t0) // 1000, "y": np.round(values[pos], digits),
+            "t": _deltas(at, t0), "y": np.round(values[pos], digits),
             "sev": severity_rank(ev["severity"]), "s": np.round(ev["score"].to_numpy(float), 3),
             "txt": [hover_text(*r) for r in zip(ev["severity"], ev["score"], ev["detectors"],
                                                 ev["fired"], ev["explanation"], strict=True)],
