@@ -279,28 +279,12 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     return 0
 
 
-def since_ms(text: str, now_ms: int) -> int:
-    """``--since``: an RFC 3339 / ISO time (UTC if no offset) or an age such as 90m, 12h, 7d."""
-    units = {"m": 60_000, "h": 3_600_000, "d": 86_400_000}
-    text = text.strip()
-    if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
-        return now_ms - int(float(text[:-1]) * units[text[-1]])
-    from streams.tools.report_input import parse_time_ms
-
-    try:
-        return parse_time_ms(text)
-    except ValueError:
-        raise ConfigError(
-            f"--since {text!r} is neither a time (2026-11-20T00:00Z) nor an age (90m, 12h, 7d)"
-        ) from None
-
-
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from streams.runtime.wiring import clickhouse_backend
     from streams.tools.report import write_report
-    from streams.tools.report_input import from_clickhouse, load_labels
+    from streams.tools.report_input import from_clickhouse, load_labels, since_ms
 
     settings = _settings(args)
     now_ms = int(time.time() * 1000)

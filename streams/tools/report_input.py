@@ -26,6 +26,7 @@ from models.processor import ProcessResult
 from schemas.batch import AnomalyRecord, ReadingBatch
 from schemas.exceptions import GridstreamError
 from sinks.clickhouse_common import ClickHouseBackend
+from streams.config import ConfigError
 
 READING_COLUMNS = ("entity_kind", "entity_id", "ts_ms", "value")
 FORECAST_COLUMNS = ("entity_kind", "entity_id", "horizon_s", "target_ms", "p10", "p50", "p90")
@@ -57,6 +58,21 @@ def parse_time_ms(text: str) -> int:
     if stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=UTC)
     return int(stamp.timestamp() * 1000)
+
+
+def since_ms(text: str, now_ms: int) -> int:
+    """``--since``/``--until``: an RFC 3339 / ISO time (UTC without an offset) or an age such as
+    90m, 12h, 7d before ``now_ms``."""
+    units = {"m": 60_000, "h": 3_600_000, "d": 86_400_000}
+    text = text.strip()
+    if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
+        return now_ms - int(float(text[:-1]) * units[text[-1]])
+    try:
+        return parse_time_ms(text)
+    except ValueError:
+        raise ConfigError(
+            f"--since {text!r} is neither a time (2026-11-20T00:00Z) nor an age (90m, 12h, 7d)"
+        ) from None
 
 
 def load_labels(path: Path) -> list[Label]:

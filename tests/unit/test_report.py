@@ -12,7 +12,6 @@ import pytest
 
 from models.evaluation import Label
 from models.training import train_model_set
-from streams.cli import since_ms
 from streams.config import ConfigError
 from streams.tools.report import write_report
 from streams.tools.report_entity import entity_data, hover_text
@@ -23,6 +22,7 @@ from streams.tools.report_input import (
     ReportInputError,
     events_frame,
     load_labels,
+    since_ms,
 )
 from streams.tools.report_validation import write_validation_report
 from tests.unit.builders import daily_load, to_batch
