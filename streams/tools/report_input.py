@@ -176,35 +176,38 @@ def _frame(backend: ClickHouseBackend, sql: str, columns: tuple[str, ...]) -> pd
 def from_clickhouse(
     backend: ClickHouseBackend,
     database: str,
-    since_ms: int,
-    until_ms: int | None = None,
+    start_ms: int,
+    end_ms: int | None = None,
     entities: list[str] | None = None,
     labels: list[Label] | None = None,
 ) -> ReportInput:
-    """Readings, forecasts (by target time) and anomalies in [since, until) from the tables."""
+    """Readings, forecasts (by target time) and anomalies in [start, end) from the tables."""
     db = f"`{database}`"
-    until = f" AND {{col}} < fromUnixTimestamp64Milli({until_ms}, 'UTC')" if until_ms else ""
-    where = (f"WHERE {{col}} >= fromUnixTimestamp64Milli({since_ms}, 'UTC')" + until
-             + _entity_filter(entities))
+    where = f"WHERE @col >= fromUnixTimestamp64Milli({start_ms}, 'UTC')"
+    if end_ms:
+        where += f" AND @col < fromUnixTimestamp64Milli({end_ms}, 'UTC')"
+
+    def at(col: str) -> str:  # replace, not format: an entity id may hold braces
+        return where.replace("@col", col) + _entity_filter(entities)
+
     ms = "toUnixTimestamp64Milli({})"
     readings = _frame(backend, (
         f"SELECT entity_kind, entity_id, {ms.format('ts')}, value FROM {db}.readings FINAL "
-        f"{where.format(col='ts')} ORDER BY entity_kind, entity_id, ts"), READING_COLUMNS)
+        f"{at('ts')} ORDER BY entity_kind, entity_id, ts"), READING_COLUMNS)
     forecasts = _frame(backend, (
         f"SELECT entity_kind, entity_id, horizon_s, {ms.format('target_ts')}, p10, p50, p90 "
-        f"FROM {db}.forecasts FINAL {where.format(col='target_ts')} "
+        f"FROM {db}.forecasts FINAL {at('target_ts')} "
         "ORDER BY entity_kind, entity_id, horizon_s, target_ts"), FORECAST_COLUMNS)
     events = _frame(backend, (
         f"SELECT entity_kind, entity_id, {ms.format('ts')}, score, severity, detectors, fired, "
-        f"explanation FROM {db}.anomalies FINAL {where.format(col='ts')} ORDER BY ts"),
-        EVENT_COLUMNS)
+        f"explanation FROM {db}.anomalies FINAL {at('ts')} ORDER BY ts"), EVENT_COLUMNS)
     events["explanation"] = [orjson.loads(x) if x else [] for x in events["explanation"]]
     events["detectors"] = [dict(d) for d in events["detectors"]]
     horizons = tuple(sorted(int(h) for h in forecasts["horizon_s"].unique()))
     if readings.empty:
         raise ReportInputError(
             f"ClickHouse database {database} has no readings since "
-            f"{datetime.fromtimestamp(since_ms / 1000, UTC):%Y-%m-%d %H:%M} UTC"
+            f"{datetime.fromtimestamp(start_ms / 1000, UTC):%Y-%m-%d %H:%M} UTC"
             + (" for the entities asked for" if entities else "")
         )
     source = f"ClickHouse database {database}"

@@ -86,7 +86,7 @@ def test_gridstream_report_reads_clickhouse(
     monkeypatch.setenv("GRIDSTREAM_CLICKHOUSE__DATABASE", written.database)
     out = tmp_path / "ch.html"
     code = main(["report", "--since", "2024-03-04T00:00:00Z", "--until", "2024-03-10",
-                 "--entities", "meter-000001,feeder-0000", "--entities", "sub-000",
+                 "--entities", "meter-000001,feeder-0000", "--entities", "sub-000,no{such}'meter",
                  "--labels", str(written.labels), "--output", str(out)])
     assert code == 0
     assert "3 entities" in capsys.readouterr().out
