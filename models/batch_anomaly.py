@@ -7,12 +7,12 @@ is saved in the model set next to the nowcast models (``ANOMALY_FILE``, and ``AN
 its feature names, NaN fill values and score calibration), hashed in the manifest like them.
 
 Serving: the processor scores only readings that an online detector already finds suspicious
-(the ``hst_gate``, as for river), in one vectorised call per batch; every other reading scores 0.
+(``gate_decades``), in one vectorised call per batch; every other reading scores 0.
 The raw isolation score is mapped to [0, 1] by the training distribution: a reading as unusual
-as the ``CALIBRATION_QUANTILE`` of training vectors scores 0.5. It joins fusion as the detector
-``iforest`` with its own weight. A set whose anomaly model was trained on other features is
-refused with ``IncompatibleModel``; NaN features (a detector with no memory yet) are filled with
-the training medians.
+as the ``CALIBRATION_QUANTILE`` of training vectors scores 0.5, and ``log10_tail`` turns that
+into a tail probability for fusion (detector ``iforest``). A set whose anomaly model was trained
+on other features is refused with ``IncompatibleModel``; NaN features (a detector with no memory
+yet) are filled with the training medians.
 """
 
 from __future__ import annotations

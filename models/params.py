@@ -4,6 +4,17 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+# The online detectors (models.scoring says what each sees), in the order events list them.
+ONLINE_DETECTORS: tuple[str, ...] = (
+    "residual",
+    "seasonal",
+    "stuck",
+    "channel",
+    "likelihood",
+    "level",
+    "novelty",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class ProcessorParams:
@@ -35,7 +46,7 @@ class ProcessorParams:
     lvl_long_rate: float = 0.0005  # EWMA weight of its long-run mean and variance
     lvl_min: int = 300  # readings behind the level detector's long-run statistics before it scores
     nov_out_rate: float = 0.1  # how far a reading outside the range pulls the bound out
-    nov_in_rate: float = 0.0002  # how fast the range's bounds creep towards its middle
+    nov_in_rate: float = 0.002  # how fast the range's bounds creep towards its middle
     weekly_min_weeks: int = 2  # weeks of departures before the level detector adjusts by weekday
     weekly_rate: float = 0.3  # weight of the newest week in an hour-of-week bucket
     hst_trees: int = 15
@@ -55,16 +66,8 @@ class ProcessorParams:
     tail_min_excess: int = 5  # excesses learned before a tail scores
     stuck_rate_floor: float = 0.02  # repeats are never taken as rarer than this
     score_decades: float = 8.0  # score = -log10(fused tail probability) / this, in [0, 1]
-    detectors: tuple[str, ...] = (
-        "residual",
-        "seasonal",
-        "stuck",
-        "channel",
-        "likelihood",
-        "level",
-        "novelty",
-        "iforest",  # the batch anomaly model of a loaded set (absent: not fused)
-    )
+    # fused detectors: the online ones, and the batch anomaly model of a loaded set (if any)
+    detectors: tuple[str, ...] = (*ONLINE_DETECTORS, "iforest")
     emit_threshold: float = 0.5  # fused score from which an anomaly event is published
     severity_thresholds: tuple[tuple[str, float], ...] = (
         ("critical", 0.9),
