@@ -1,5 +1,6 @@
-"""The report in a real browser: headless Chromium opens the file offline, the figures draw, the
-page logs nothing, and a screenshot of it lands in ``benchmarks/results/report.png``."""
+"""The reports in a real browser: headless Chromium opens the file offline, the figures draw, the
+page logs nothing, and a screenshot of it lands in ``benchmarks/results/report.png``; the same for
+the validation report ``gridstream train`` writes."""
 
 from __future__ import annotations
 
@@ -8,14 +9,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
+import pandas as pd
 import pytest
 
 from models.params import ProcessorParams
+from streams.cli import main
 from streams.sim.generator import SimConfig, TelemetrySimulator
 from streams.tools.backtest import backtest_values
 from streams.tools.report import write_report
 from streams.tools.report_input import BacktestCollector, load_labels
 from tests.integration.browser import render, screenshot
+from tests.unit.builders import daily_load
 
 pytestmark = pytest.mark.integration
 
@@ -92,3 +96,24 @@ def test_a_screenshot_shows_the_report(report: tuple[Path, str]) -> None:
     out = screenshot(page, REPO / "benchmarks/results/report.png",
                      "#entity=" + quote(entity, safe=""))
     assert out.stat().st_size > 50_000  # plots, not a blank page
+
+
+def test_train_writes_a_validation_report_that_draws(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cols = daily_load((("m1", "meter"), ("m2", "meter"), ("m3", "meter")), days=8.0, seed=3)
+    pd.DataFrame({"meter_id": cols["entity"], "ts": cols["ts_ms"], "kw": cols["value"]}).to_csv(
+        tmp_path / "history.csv", index=False
+    )
+    assert main(["train", "--input", str(tmp_path / "history.csv"), "--output",
+                 str(tmp_path / "store"), "--max-iter", "5"]) == 0
+    found = re.search(r"validation report \(quantile calibration, error by horizon\): (\S+)",
+                      capsys.readouterr().out)
+    assert found is not None
+    page = Path(found.group(1))
+    assert page.parent == tmp_path / "store"  # beside the set, not inside it
+    shown = render(page)
+    assert shown.console == [] and 'data-rendered="true"' in shown.dom
+    calibration = shown.dom[shown.dom.index('id="calibration"'):shown.dom.index('id="horizons"')]
+    assert len(re.findall(r'class="trace scatter', calibration)) == 3  # diagonal + 2 horizons
+    assert len(re.findall(r'class="trace bars', shown.dom)) == 2  # trained set, baseline
