@@ -116,6 +116,8 @@ def coverage_figure(matched: pd.DataFrame, horizons_s: tuple[int, ...]) -> go.Fi
         table = matched.assign(bin=ts // step * step, inside=inside.astype(float))
         for h in horizons_s:
             cov = table[table["horizon_s"] == h].groupby("bin")["inside"].agg(["mean", "size"])
+            if len(cov) and (cov.index[-1] - cov.index[0]) // step < 5000:  # gaps break the line
+                cov = cov.reindex(range(cov.index[0], cov.index[-1] + 1, step))
             fig.add_trace(go.Scatter(
                 x=cov.index.to_numpy(), y=(100 * cov["mean"]).round(2).to_numpy(),
                 customdata=cov["size"].to_numpy(), mode="lines+markers", name=f"{h} s",
