@@ -180,6 +180,21 @@ class GridMetrics:
             namespace=ns,
             registry=r,
         )
+        self.partition_records = Counter(
+            "partition_records",
+            "Input records of each assigned partition handled by a batch (replayed ones included).",
+            ["topic", "partition"],
+            namespace=ns,
+            registry=r,
+        )
+        self.partition_waiting = Gauge(
+            "partition_batches_waiting",
+            "Batches in a row that left out this partition although it had records waiting "
+            "(0 when it progresses); bounded by ceil(partitions / batch size).",
+            ["topic", "partition"],
+            namespace=ns,
+            registry=r,
+        )
         self.assigned = Gauge(
             "partitions_assigned",
             "Input partitions currently assigned to this processor.",
