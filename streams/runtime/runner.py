@@ -132,6 +132,7 @@ class StreamRunner:
     def consumer_config(self) -> dict[str, object]:
         """The consumer's librdkafka settings: monitor callbacks < security/extra < fixed."""
         k = self.settings.kafka
+        static = {"group.instance.id": k.instance_id()} if k.static_membership else {}
         return {
             **self.monitor.kafka_config("consumer"),
             "fetch.wait.max.ms": k.fetch_wait_max_ms,  # a default: EXTRA may override it
@@ -144,6 +145,7 @@ class StreamRunner:
             "enable.partition.eof": False,
             "session.timeout.ms": k.session_timeout_ms,
             "heartbeat.interval.ms": max(100, k.session_timeout_ms // 5),
+            **static,
         }
 
     def producer_config(self) -> dict[str, object]:
