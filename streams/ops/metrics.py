@@ -44,6 +44,7 @@ STATE_EVENTS = (
     "dropped_in_flight",
     "replayed",
     "orphaned_temp_files_removed",
+    "checkpoints_refused_format",
 )
 
 
