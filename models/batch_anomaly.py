@@ -26,7 +26,8 @@ from models.artifacts import LoadedModelSet
 from models.exceptions import ArtifactError, IncompatibleModel, ModelError
 
 DETECTOR = "iforest"
-ANOMALY_FILE = "anomaly_iforest.pkl"
+ANOMALY_FILE = "anomaly_iforest.skops"
+ANOMALY_FILE_PICKLE = "anomaly_iforest.pkl"  # sets written before skops
 ANOMALY_META = "anomaly.json"
 ANOMALY_FEATURES: tuple[str, ...] = (
     "abs_residual_z",
@@ -110,10 +111,11 @@ class BatchAnomalyModel:
     @classmethod
     def from_loaded(cls, loaded: LoadedModelSet) -> BatchAnomalyModel | None:
         """The anomaly model of a verified set, None if the set has none."""
-        if ANOMALY_FILE not in loaded.artifacts:
+        name = ANOMALY_FILE if ANOMALY_FILE in loaded.artifacts else ANOMALY_FILE_PICKLE
+        if name not in loaded.artifacts:
             return None
         meta = loaded.artifacts.get(ANOMALY_META)
-        forest = loaded.artifacts[ANOMALY_FILE]
+        forest = loaded.artifacts[name]
         if not isinstance(meta, Mapping) or not isinstance(forest, IsolationForest):
             raise ArtifactError(
                 f"{loaded.ref}: {ANOMALY_FILE} needs an IsolationForest and {ANOMALY_META} "

@@ -56,13 +56,19 @@ def _stop_on_signals() -> threading.Event:
 
 # -- commands ----------------------------------------------------------------------------------
 def _per_worker(settings: Settings, index: int) -> Settings:
-    """Worker ``index`` of ``--workers`` gets its own transactional id: the same id fences."""
+    """Worker ``index`` of ``--workers`` gets its own transactional and group instance ids:
+    the same id fences, and the same index after a restart is the same worker."""
     k = settings.kafka
-    if k.processing_guarantee != "exactly_once":
+    update: dict[str, str] = {}
+    if k.processing_guarantee == "exactly_once":
+        base = k.transactional_id or f"{k.group_id}-{socket.gethostname()}"
+        update["transactional_id"] = f"{base}-{index}"
+    instance = k.instance_id()
+    if instance is not None:
+        update["group_instance_id"] = f"{instance}-{index}"
+    if not update:
         return settings
-    base = k.transactional_id or f"{k.group_id}-{socket.gethostname()}"
-    kafka = k.model_copy(update={"transactional_id": f"{base}-{index}"})
-    return settings.model_copy(update={"kafka": kafka})
+    return settings.model_copy(update={"kafka": k.model_copy(update=update)})
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -71,6 +71,9 @@ def _demo_settings(base: Settings, bootstrap: str) -> Settings:
             "bootstrap_servers": bootstrap,
             "group_id": "gridstream-demo",
             "session_timeout_ms": 6000,
+            # one life on a fresh broker: nothing to rejoin, and the embedded broker holds a
+            # static member's JoinGroup and SyncGroup 3 s each (see Operations)
+            "static_membership": False,
             "partitions": 3,
             "batch_timeout_s": 0.1,
         }
