@@ -57,13 +57,19 @@ def _stop_on_signals() -> threading.Event:
 
 # -- commands ----------------------------------------------------------------------------------
 def _per_worker(settings: Settings, index: int) -> Settings:
-    """Worker ``index`` of ``--workers`` gets its own transactional id: the same id fences."""
+    """Worker ``index`` of ``--workers`` gets its own transactional and group instance ids:
+    the same id fences, and the same index after a restart is the same worker."""
     k = settings.kafka
-    if k.processing_guarantee != "exactly_once":
+    update: dict[str, str] = {}
+    if k.processing_guarantee == "exactly_once":
+        base = k.transactional_id or f"{k.group_id}-{socket.gethostname()}"
+        update["transactional_id"] = f"{base}-{index}"
+    instance = k.instance_id()
+    if instance is not None:
+        update["group_instance_id"] = f"{instance}-{index}"
+    if not update:
         return settings
-    base = k.transactional_id or f"{k.group_id}-{socket.gethostname()}"
-    kafka = k.model_copy(update={"transactional_id": f"{base}-{index}"})
-    return settings.model_copy(update={"kafka": kafka})
+    return settings.model_copy(update={"kafka": k.model_copy(update=update)})
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -275,7 +281,14 @@ def cmd_backtest(args: argparse.Namespace) -> int:
             f"using model set {ensemble.ref} (horizons {', '.join(map(str, ensemble.horizons))} s)"
         )
     started = time.perf_counter()
-    result = backtest_file(Path(args.input), Path(args.output), params, args.batch_size, ensemble)
+    collector = None
+    if args.report:
+        from streams.tools.report_input import BacktestCollector
+
+        collector = BacktestCollector()
+    result = backtest_file(
+        Path(args.input), Path(args.output), params, args.batch_size, ensemble, collector
+    )
     c = result.counters
     dead = Counter(x for x in result.dead_letter if x is not None)
     sev = Counter(ev.severity for ev in result.events)
@@ -289,6 +302,42 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         f"anomaly events: critical {sev['critical']:,}, warning {sev['warning']:,}, "
         f"info {sev['info']:,} (horizons {', '.join(f'{h} s' for h in params.horizons_s)})"
     )
+    if collector is not None:
+        from streams.tools.report import write_report
+        from streams.tools.report_input import load_labels
+
+        labels = load_labels(Path(args.labels)) if args.labels else None
+        inp = collector.report_input(
+            f"gridstream backtest: {Path(args.input).name}", f"backtest of {args.input}",
+            params.horizons_s, result.events, labels,
+        )
+        print(write_report(inp, Path(args.report)).line())
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from streams.runtime.wiring import clickhouse_backend
+    from streams.tools.report import write_report
+    from streams.tools.report_input import from_clickhouse, load_labels, since_ms
+
+    settings = _settings(args)
+    now_ms = int(time.time() * 1000)
+    start = since_ms(args.since, now_ms)
+    until = since_ms(args.until, now_ms) if args.until else None
+    entities = [e.strip() for item in args.entities for e in item.split(",") if e.strip()]
+    labels = load_labels(Path(args.labels)) if args.labels else None
+    backend = clickhouse_backend(settings)
+    if backend is None:
+        raise ConfigError("GRIDSTREAM_CLICKHOUSE__BACKEND is 'none': there is nothing to report")
+    try:
+        inp = from_clickhouse(
+            backend, settings.clickhouse.database, start, until, entities or None, labels
+        )
+    finally:
+        backend.close()
+    print(write_report(inp, Path(args.output), args.max_points).line())
     return 0
 
 
@@ -362,6 +411,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(
             f"promotion: {'promoted' if decision.promoted else 'not promoted'}: {decision.reason}"
         )
+    from streams.tools.report_validation import write_validation_report
+
+    report = Path(args.report) if args.report else path.parent / f"{path.name}-validation.html"
+    write_validation_report(batches, params, path, metrics, report)
+    print(f"validation report (quantile calibration, error by horizon): {report}")
     return 0
 
 
@@ -478,7 +532,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="a model store (its promoted set) or one model-set directory from `gridstream train`;"
         " without it: the online detectors and the baseline alone, as a fresh deployment",
     )
+    p.add_argument(
+        "--report", default=None, help="also write an interactive HTML report to this file"
+    )
+    p.add_argument(
+        "--labels",
+        default=None,
+        help="labelled anomaly windows for the report: simulator labels (JSON lines) or NAB "
+        "windows (JSON)",
+    )
     p.set_defaults(func=cmd_backtest)
+
+    p = sub.add_parser(
+        "report",
+        help="a self-contained interactive HTML report from ClickHouse: forecast bands against "
+        "actuals, anomalies, labelled windows, error heatmaps",
+    )
+    p.add_argument("--since", default="7d", help="start: a UTC time or an age (default 7d)")
+    p.add_argument("--until", default=None, help="end: a UTC time or an age (default now)")
+    p.add_argument(
+        "--entities",
+        action="append",
+        default=[],
+        help="entity ids, comma-separated or repeated (default: every entity)",
+    )
+    p.add_argument("--labels", default=None, help="simulator labels or NAB windows file")
+    p.add_argument("--output", default="gridstream-report.html", help="the HTML file to write")
+    p.add_argument(
+        "--max-points",
+        type=int,
+        default=25_000,
+        help="readings drawn per entity at most; longer series are thinned (default 25000)",
+    )
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(
         "bench",
@@ -499,6 +585,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-iter", type=int, default=200, help="boosting iterations per model")
     p.add_argument("--no-promote", action="store_true", help="save the set but do not promote it")
+    p.add_argument(
+        "--report",
+        default=None,
+        help="the validation report's HTML file (default STORE/<set>-validation.html)",
+    )
     p.set_defaults(func=cmd_train)
     return parser
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
@@ -74,9 +75,25 @@ class KafkaSettings(_Section):
         description="exactly_once: stable id per worker (default <group_id>-<hostname>); a "
         "restarted worker with the same id fences its predecessor",
     )
+    static_membership: bool = Field(
+        True,
+        description="join the group as a static member (group.instance.id), so a restarted "
+        "worker gets its partitions back without waiting out the session of its predecessor",
+    )
+    group_instance_id: str | None = Field(
+        None,
+        description="static membership: stable id per worker (default <group_id>-<hostname>, "
+        "--workers appends -<index>); two live consumers with one id fence each other",
+    )
     extra: dict[str, str] = Field(
         default_factory=dict, description="passed verbatim to librdkafka (consumer and producer)"
     )
+
+    def instance_id(self) -> str | None:
+        """The consumer's group.instance.id, None without static membership."""
+        if not self.static_membership:
+            return None
+        return self.group_instance_id or f"{self.group_id}-{socket.gethostname()}"
 
     def client_config(self) -> dict[str, str]:
         """librdkafka settings shared by consumer, producer and admin client."""

@@ -47,6 +47,7 @@ STATE_EVENTS = (
     "dropped_in_flight",
     "replayed",
     "orphaned_temp_files_removed",
+    "checkpoints_refused_format",
 )
 
 
@@ -181,6 +182,21 @@ class GridMetrics:
         self.lag = Gauge(
             "consumer_lag",
             "Records between the consumer position and the partition's high watermark.",
+            ["topic", "partition"],
+            namespace=ns,
+            registry=r,
+        )
+        self.partition_records = Counter(
+            "partition_records",
+            "Input records of each assigned partition handled by a batch (replayed ones included).",
+            ["topic", "partition"],
+            namespace=ns,
+            registry=r,
+        )
+        self.partition_waiting = Gauge(
+            "partition_batches_waiting",
+            "Batches in a row that left out this partition although it had records waiting "
+            "(0 when it progresses); bounded by ceil(partitions / batch size).",
             ["topic", "partition"],
             namespace=ns,
             registry=r,

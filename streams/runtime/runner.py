@@ -42,6 +42,7 @@ from streams.config import Settings, TopicSettings
 from streams.ops.monitor import NullMonitor, RunnerMonitor
 from streams.ops.report import BatchReport
 from streams.runtime.failpoints import Failpoints
+from streams.runtime.fairness import FairBuffer
 from streams.state.checkpoints import CheckpointStore
 from streams.state.recovery import PartitionStates
 from streams.state.tasks import TaskId, TaskSet
@@ -125,11 +126,13 @@ class StreamRunner:
         self._txn: TransactionalTopics | None = None
         self.assigned: set[tuple[str, int]] = set()
         self._watcher: ModelStoreWatcher | None = None
+        self._fair = FairBuffer(settings.kafka.batch_size)
 
     # -- clients -----------------------------------------------------------------------------
     def consumer_config(self) -> dict[str, object]:
         """The consumer's librdkafka settings: monitor callbacks < security/extra < fixed."""
         k = self.settings.kafka
+        static = {"group.instance.id": k.instance_id()} if k.static_membership else {}
         return {
             **self.monitor.kafka_config("consumer"),
             "fetch.wait.max.ms": k.fetch_wait_max_ms,  # a default: EXTRA may override it
@@ -142,6 +145,7 @@ class StreamRunner:
             "enable.partition.eof": False,
             "session.timeout.ms": k.session_timeout_ms,
             "heartbeat.interval.ms": max(100, k.session_timeout_ms // 5),
+            **static,
         }
 
     def producer_config(self) -> dict[str, object]:
@@ -172,6 +176,7 @@ class StreamRunner:
         return Consumer(self.consumer_config()), TopicSink(Producer(self.producer_config()))
 
     def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+        self._fair.drop((p.topic, p.partition) for p in parts)  # fresh positions follow
         self.assigned.update((p.topic, p.partition) for p in parts)
         self.stats.counters["rebalances"] += 1
         committed = consumer.committed(parts, timeout=30) if parts else []
@@ -188,6 +193,7 @@ class StreamRunner:
     def _on_revoke(self, _consumer: Consumer, parts: list[TopicPartition]) -> None:
         # Offsets are committed synchronously after every batch, so nothing is pending here.
         revoked = [(p.topic, p.partition) for p in parts]
+        self._fair.drop(revoked)  # uncommitted: the next owner reads them from the commit
         self.states.revoke(revoked)
         self.assigned.difference_update(revoked)
         self.monitor.revoked(revoked)
@@ -216,8 +222,10 @@ class StreamRunner:
                 if time.monotonic() >= next_model_poll:  # between batches: never mid-batch
                     self.reload_models()
                     next_model_poll = time.monotonic() + self.settings.processing.models_poll_s
-                msgs = consumer.consume(k.batch_size, k.batch_timeout_s)
+                ready = len(self._fair) >= k.batch_size  # a full batch waits: do not wait more
+                msgs = consumer.consume(self._fair.limit, 0.0 if ready else k.batch_timeout_s)
                 self.monitor.polled(consumer, len(msgs))
+                msgs = self._fair_batch(consumer, msgs)
                 if not msgs:
                     if not self.assigned:
                         last_input = time.monotonic()  # idle time counts from the assignment
@@ -236,6 +244,18 @@ class StreamRunner:
             topics.producer.flush(10)
             self.monitor.loop_stopped(error)
         return self.stats
+
+    def _fair_batch(self, consumer: Consumer, msgs: list[Message]) -> list[Message]:
+        """Errors as they came, then a batch with a fair share of every partition's records."""
+        errors = [m for m in msgs if m.error() is not None]
+        full = self._fair.add(m for m in msgs if m.error() is None)
+        if full:
+            consumer.pause([TopicPartition(t, p) for t, p in full])
+        batch = self._fair.take()
+        low = [tp for tp in self._fair.resumable() if tp in self.assigned]
+        if low:
+            consumer.resume([TopicPartition(t, p) for t, p in low])
+        return errors + batch
 
     def reload_models(self) -> bool:
         """Adopt a newly promoted model set from the store, if one is configured and changed.
@@ -351,6 +371,8 @@ class StreamRunner:
             published_ms=published_ms,
         )
         report.state_events = {**self.states.counters, "replayed": self.stats.counters["replayed"]}
+        report.partitions = dict(Counter((m.topic(), m.partition()) for m in good))
+        report.buffered = {tp: self._fair.buffered(tp) for tp in self.assigned}
         report.forecast_apes = out.apes
         report.forecasts_awaiting = self.processor.forecasts_awaiting
         self.monitor.batch_done(report, self._consumer)
@@ -420,8 +442,14 @@ class StreamRunner:
                         self.monitor.polled(self._consumer, 0)
                     backoff = min(backoff * 2, self.max_backoff_s)
         finally:
-            if paused:
-                self._consumer.resume(self._consumer.assignment())
+            if paused:  # not those paused for fairness: they resume when their buffer drains
+                self._consumer.resume(
+                    [
+                        tp
+                        for tp in self._consumer.assignment()
+                        if (tp.topic, tp.partition) not in self._fair.paused
+                    ]
+                )
 
     def _publish(self, outputs: list[tuple[str, list]], offsets: list[TopicPartition]) -> None:
         assert self._consumer is not None and self._topics is not None

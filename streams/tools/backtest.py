@@ -284,11 +284,12 @@ def backtest_frame(
     params: ProcessorParams | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     ensemble: NowcastEnsemble | None = None,
+    on_batch: Callable[[ReadingBatch, ProcessResult], None] | None = None,
 ) -> tuple[pd.DataFrame, BacktestResult]:
     """Backtest the rows of a table of readings; returns the output table and the raw result."""
     values, contract = encode_rows(frame)
     result = backtest_values(values, [contract] * len(values), params, batch_size,
-                             ensemble=ensemble)
+                             on_batch=on_batch, ensemble=ensemble)
     id_column = "meter_id" if contract == METER else "asset_id"
     return result_columns(frame, result, id_column), result
 
@@ -322,7 +323,8 @@ def backtest_file(
     params: ProcessorParams | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     ensemble: NowcastEnsemble | None = None,
+    on_batch: Callable[[ReadingBatch, ProcessResult], None] | None = None,
 ) -> BacktestResult:
-    table, result = backtest_frame(read_input(input_path), params, batch_size, ensemble)
+    table, result = backtest_frame(read_input(input_path), params, batch_size, ensemble, on_batch)
     write_output(table, output_path)
     return result
