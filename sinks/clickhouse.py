@@ -50,7 +50,7 @@ from sinks.rows import (
     readings_table,
 )
 from sinks.table_format import format_table
-from sinks.views import VIEWS
+from sinks.views import ALL_VIEWS
 
 __all__ = [
     "ClickHouseSink",
@@ -155,7 +155,7 @@ class ClickHouseSink:
                 self.database,
                 migration.description,
             )
-        for view in VIEWS:
+        for view in ALL_VIEWS:
             self._ddl(view.create_sql())
         self.apply_retention()
         return max(current, LATEST_VERSION)
@@ -196,7 +196,7 @@ class ClickHouseSink:
             found = _table_problems(spec, meta[:2] if meta else None, columns.get(spec.name, {}))
             if found:
                 problems[spec.name] = found
-        for view in VIEWS:
+        for view in ALL_VIEWS:
             meta = tables.get(view.name)
             if meta is not None and meta[0] != "View":
                 problems[view.name] = [

@@ -312,6 +312,74 @@ DEAD_LETTERS = Table(
     ttl_column="dead_lettered_at",
 )
 
+# Rollups, filled by materialized views as rows are inserted, and read by the analyst views.
+# Their aggregate states are idempotent, so a replayed batch cannot double them, whatever its
+# batching and whether or not its insert token caught it: a set of (ts, value) points per entity
+# and hour (the processor never lets two values of one reading time into ``readings``: an exact
+# redelivery is dropped, another value is a dead letter), and sets of event ids and entities per
+# day, severity and kind. Sums and counts are computed from the sets when queried.
+_POINTS = f"AggregateFunction(groupUniqArray, Tuple({_TS}, Float64))"
+
+LOAD_HOURLY_AGG = Table(
+    name="load_hourly_agg",
+    columns=(
+        Column("entity_kind", _LC),
+        Column("entity_id", "String"),
+        Column("hour", "DateTime('UTC')"),
+        Column("unit", _LC),
+        Column("points", _POINTS),
+    ),
+    engine="AggregatingMergeTree",
+    order_by=("entity_kind", "entity_id", "hour", "unit"),
+    partition_by="toYYYYMM(hour)",
+    dedup_window=0,
+)
+
+ANOMALY_COUNTS_AGG = Table(
+    name="anomaly_counts_agg",
+    columns=(
+        Column("day", "Date"),
+        Column("severity", _LC),
+        Column("kind", "String"),
+        Column("events", "AggregateFunction(uniqExact, String)"),
+        Column("entities", "AggregateFunction(uniqExact, String)"),
+        Column("max_score", "SimpleAggregateFunction(max, Float64)"),
+    ),
+    engine="AggregatingMergeTree",
+    order_by=("day", "severity", "kind"),
+    partition_by="toYYYYMM(day)",
+    dedup_window=0,
+)
+
+# The top explanation feature of an anomaly (``sinks.views`` names it "kind").
+ANOMALY_KIND = (
+    "if(JSONLength(explanation) > 0, JSONExtractString(explanation, 1, 'feature'), 'unexplained')"
+)
+_LOAD_ROLLUP_SELECT = (
+    "SELECT entity_kind, entity_id, toStartOfHour(ts) AS hour, unit, "
+    "groupUniqArrayState((ts, value)) AS points FROM {src} WHERE isFinite(value) "
+    "GROUP BY entity_kind, entity_id, hour, unit"
+)
+_ANOMALY_ROLLUP_SELECT = (
+    f"SELECT toDate(ts) AS day, severity, {ANOMALY_KIND} AS kind, "
+    "uniqExactState(event_id) AS events, "
+    "uniqExactState(concat(entity_kind, '/', entity_id)) AS entities, max(score) AS max_score "
+    "FROM {src} GROUP BY day, severity, kind"
+)
+
+
+def _rollup(table: Table, select: str, source: str) -> tuple[str, ...]:
+    """The rollup table, its materialized view, and a backfill from what the source holds
+    (idempotent like the states: running the migration again adds nothing)."""
+    mv = f"{table.name}_mv"
+    return (
+        table.create_sql(),
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {DB}.`{mv}` TO {DB}.`{table.name}` AS "
+        + select.format(src=f"{DB}.`{source}`"),
+        f"INSERT INTO {DB}.`{table.name}` " + select.format(src=f"{DB}.`{source}` FINAL"),
+    )
+
+
 # Bookkeeping, created before any migration so the current version can be read.
 SCHEMA_MIGRATIONS = Table(
     name="schema_migrations",
@@ -411,6 +479,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             ),
         ),
     ),
+    Migration(
+        version=4,
+        description="rollups: load per entity and hour, anomaly counts per day (by views)",
+        statements=(
+            *_rollup(LOAD_HOURLY_AGG, _LOAD_ROLLUP_SELECT, READINGS.name),
+            *_rollup(ANOMALY_COUNTS_AGG, _ANOMALY_ROLLUP_SELECT, ANOMALIES.name),
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
@@ -419,7 +495,10 @@ LATEST_VERSION = MIGRATIONS[-1].version
 DATA_TABLES: tuple[Table, ...] = (READINGS, FORECASTS, ANOMALIES, DRIFT_EVENTS, DEAD_LETTERS)
 
 # The shape every table has after the latest migration; the sink checks it at start.
-EXPECTED_TABLES: dict[str, Table] = {t.name: t for t in (*DATA_TABLES, SCHEMA_MIGRATIONS)}
+ROLLUP_TABLES: tuple[Table, ...] = (LOAD_HOURLY_AGG, ANOMALY_COUNTS_AGG)
+EXPECTED_TABLES: dict[str, Table] = {
+    t.name: t for t in (*DATA_TABLES, *ROLLUP_TABLES, SCHEMA_MIGRATIONS)
+}
 
 
 def ttl_expression(table: Table, days: int) -> str | None:

@@ -3,8 +3,8 @@
 The test copies are the shipped files with only what a test must change: loopback targets
 instead of compose's service names, 1 s scrape and evaluation intervals, and every rule's
 ``for:`` divided by ``FOR_DIVISOR``, at least ``FOR_FLOOR_S`` (a few scrape intervals, as 2 min
-are in production: at start-up, before the first scrape, ``absent(up)`` is true). Expressions, labels and routes stay as
-shipped, so what fires here is what fires in production, only sooner.
+are in production: at start-up, before the first scrape, ``absent(up)`` is true). Expressions,
+labels and routes stay as shipped, so what fires here is what fires in production, only sooner.
 """
 
 from __future__ import annotations

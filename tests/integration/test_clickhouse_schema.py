@@ -13,7 +13,7 @@ from sinks.clickhouse import ClickHouseSink
 from sinks.clickhouse_common import ClickHouseBackend
 from sinks.ddl import BOOTSTRAP, LATEST_VERSION, MIGRATIONS, Retention, render
 from sinks.exceptions import SchemaMismatch, SinkConfigError
-from sinks.views import VIEWS
+from sinks.views import ALL_VIEWS
 
 pytestmark = pytest.mark.integration
 
@@ -74,8 +74,8 @@ def test_a_version_1_database_migrates_to_the_latest_with_its_rows(
     with pytest.raises(SchemaMismatch):
         sink.check_schema()  # readings, drift_events missing: version 1 is not what we write
 
-    assert sink.ensure_schema() == LATEST_VERSION == 3
-    assert sink.schema_version() == 3
+    assert sink.ensure_schema() == LATEST_VERSION == 4
+    assert sink.schema_version() == 4
     sink.check_schema()
     assert _scalar(ch_backend, f"SELECT count() FROM `{database}`.forecasts") == 1
     assert sink.query(f"SELECT kind, anomalies FROM `{database}`.anomaly_counts_daily").rows == [
@@ -169,7 +169,7 @@ def test_views_are_recreated_from_the_code_at_every_start(
         f"SELECT name, engine, comment FROM system.tables WHERE database = '{database}' "
         "AND engine = 'View' ORDER BY name"
     ).rows
-    assert [n for n, _, _ in names] == sorted(v.name for v in VIEWS)
+    assert [n for n, _, _ in names] == sorted(v.name for v in ALL_VIEWS)
     assert all(comment for _, _, comment in names)  # each says what it answers
     cols = sink.query(f"SELECT * FROM `{database}`.load_daily LIMIT 0").column_names
     assert "p95_load" in cols

@@ -50,6 +50,9 @@ def test_on_cluster_goes_after_the_name_of_every_ddl_statement() -> None:
     for statement in statements:
         plain, clustered = render(statement, "gs"), render(statement, "gs", "grid")
         assert "ON CLUSTER" not in plain
+        if statement.startswith("INSERT"):  # a rollup's backfill: data, not DDL
+            assert clustered == plain
+            continue
         assert clustered.count(" ON CLUSTER `grid`") == 1, statement[:80]
         assert "ENGINE = Replacing" not in clustered  # replicated on a cluster
     assert (
