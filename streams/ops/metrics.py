@@ -238,8 +238,8 @@ class GridMetrics:
         # series born with its first increment shows no increase); names are in kafka_errors.
         self.consumer_errors = Counter(
             "consumer_errors",
-            "Error messages returned by the consumer's poll instead of records (also counted, by "
-            "error name, in kafka_errors).",
+            "Errors of the consumer: messages returned by poll instead of records, and offset "
+            "commits left to the next batch (also counted, by error name, in kafka_errors).",
             namespace=ns,
             registry=r,
         )

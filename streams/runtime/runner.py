@@ -23,7 +23,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from models.ensemble import NowcastEnsemble
@@ -48,6 +55,19 @@ from streams.state.recovery import PartitionStates
 from streams.state.tasks import TaskId, TaskSet
 
 log = logging.getLogger("gridstream.runner")
+
+# Commit errors that mean "not now": the group coordinator or the broker is unreachable.
+_RETRY_COMMIT = frozenset(
+    {
+        KafkaError._WAIT_COORD,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._TIMED_OUT,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.REQUEST_TIMED_OUT,
+    }
+)
 
 
 @dataclass(slots=True)
@@ -486,8 +506,22 @@ class StreamRunner:
             self.clickhouse.write_drift_events(result.drift_events)
 
     def _commit(self, offsets: list[TopicPartition]) -> None:
+        """Commit, or leave it to the next batch when the broker cannot take it now.
+
+        Commits are cumulative: the next successful one covers these offsets, and until then a
+        restart replays the batch, which every output absorbs. A broker that went away (no
+        coordinator, transport down) must not end the processor; a fatal error still does.
+        """
         assert self._consumer is not None
-        self._consumer.commit(offsets=offsets, asynchronous=False)
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if err is None or err.fatal() or not (err.retriable() or err.code() in _RETRY_COMMIT):
+                raise
+            self.stats.counters["commit_failures"] += 1
+            self.monitor.consumer_error(err)
+            log.warning("offset commit failed, left to the next batch: %s", err.str())
 
 
 class _Routing:

@@ -220,6 +220,8 @@ def test_each_fault_reaches_the_webhook_and_a_healthy_run_fires_nothing(
             # -- the broker stopped
             broker.stop()
             received("GridstreamUnhealthy")
+            time.sleep(3)  # failed commits are left to the next batch: it waits, it does not die
+            assert proc.poll() is None, "the processor exited while the broker was away"
     finally:
         proc.terminate()
         try:
