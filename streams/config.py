@@ -97,6 +97,48 @@ class KafkaSettings(_Section):
         conf.update(self.extra)
         return conf
 
+    def consumer_config(self) -> dict[str, object]:
+        """The consumer's librdkafka settings: defaults < security/``extra`` < fixed by the loop.
+
+        The loop commits offsets itself, after a batch's outputs are acknowledged, and reads
+        committed records only (exactly-once outputs of an aborted transaction never count).
+        """
+        return {
+            "fetch.wait.max.ms": self.fetch_wait_max_ms,  # a default: ``extra`` may override it
+            **self.client_config(),
+            "group.id": self.group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": self.auto_offset_reset,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": False,
+            "session.timeout.ms": self.session_timeout_ms,
+            "heartbeat.interval.ms": max(100, self.session_timeout_ms // 5),
+        }
+
+    def producer_config(self) -> dict[str, object]:
+        """The output producer's librdkafka settings (both engines): idempotent, acks=all."""
+        return {
+            **self.client_config(),
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "batch.num.messages": 10_000,
+            "queue.buffering.max.messages": 500_000,
+        }
+
+    def transactional_config(self, transactional_id: str) -> dict[str, object]:
+        """The exactly-once producer: ``producer_config`` with one stable id per worker."""
+        return {
+            **self.producer_config(),
+            "transactional.id": transactional_id,
+            "transaction.timeout.ms": 60_000,
+        }
+
+    def default_transactional_id(self, host: str) -> str:
+        """The configured transactional id, else ``<group_id>-<host>`` (the CLI passes it in)."""
+        return self.transactional_id or f"{self.group_id}-{host}"
+
 
 class TopicSettings(_Section):
     meter: str = "gridstream.readings.meter"
