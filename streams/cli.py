@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import socket
 import sys
@@ -14,9 +15,13 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from schemas.exceptions import GridstreamError
 from streams.config import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from streams.runtime.failpoints import Failpoints
 
 log = logging.getLogger("gridstream")
 
@@ -55,24 +60,26 @@ def _stop_on_signals() -> threading.Event:
 
 
 # -- commands ----------------------------------------------------------------------------------
-def _per_worker(settings: Settings, index: int) -> Settings:
-    """Worker ``index`` of ``--workers`` gets its own transactional id: the same id fences."""
-    k = settings.kafka
-    if k.processing_guarantee != "exactly_once":
-        return settings
-    base = k.transactional_id or f"{k.group_id}-{socket.gethostname()}"
-    kafka = k.model_copy(update={"transactional_id": f"{base}-{index}"})
-    return settings.model_copy(update={"kafka": kafka})
+def failpoints_from_env() -> Failpoints:
+    """Crash points armed by ``GRIDSTREAM_FAILPOINTS`` (``streams.runtime.failpoints``)."""
+    from streams.runtime.failpoints import Failpoints, parse
+
+    seed = os.environ.get("GRIDSTREAM_FAILPOINTS_SEED")
+    armed = parse(os.environ.get("GRIDSTREAM_FAILPOINTS", ""))
+    return Failpoints(armed, int(seed) if seed else None)
+
+
+def transactional_id(settings: Settings, index: int | None) -> str:
+    """This worker's transactional id: worker ``index`` of ``--workers`` gets its own (the same
+    id fences), and the default names the host."""
+    base = settings.kafka.default_transactional_id(socket.gethostname())
+    return base if index is None else f"{base}-{index}"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from models.processor import GridProcessor
     from streams.ops.http import start_http_server
-    from streams.ops.monitor import Monitor
-    from streams.runtime.runner import StreamRunner
-    from streams.runtime.wiring import clickhouse_sink
     from streams.runtime.workers import check_workers, gc_policy, run_workers, tag_logs
-    from streams.state.tasks import TaskSet
+    from streams.service import Assembly, build_service
 
     port = getattr(args, "http_port", None)
     settings = load_settings(args.config, **({} if port is None else {"http_port": port}))
@@ -84,50 +91,43 @@ def cmd_run(args: argparse.Namespace) -> int:
         return run_workers(settings, workers, args.config)
     if index is not None:
         tag_logs(index)
-        settings = _per_worker(settings, index)
     stop = _stop_on_signals()
     engine = getattr(args, "engine", "native")
-    processor: TaskSet | GridProcessor = (
-        GridProcessor(settings.processing.params())  # faust: one core for the worker
-        if engine == "faust"
-        else TaskSet(settings.processing.params())  # native: one core per assigned partition
+    how = Assembly(
+        engine=engine,
+        failpoints=failpoints_from_env(),
+        transactional_id=transactional_id(settings, index),
     )
-    monitor = Monitor(processor, clickhouse_enabled=settings.clickhouse.backend != "none")
+    service = build_service(settings, how)
     server = None
     if settings.http_port:  # up before the slow start-up steps: /health says "starting"
-        server = start_http_server(
-            settings.http_port, monitor.health, monitor.registry, monitor.models
-        )
+        m = service.monitor
+        server = start_http_server(settings.http_port, m.health, m.registry, m.models)
     try:
-        sink = clickhouse_sink(settings)
-        if sink is not None:
-            sink.ensure_schema()
-            monitor.health.clickhouse_connected()
-        if isinstance(processor, GridProcessor):  # --engine faust: same core in a faust worker
-            from streams.runtime.faust_engine import FaustEngine
-
-            runner = FaustEngine(settings, processor, sink, monitor=monitor)
-        else:
-            runner = StreamRunner(settings, processor, sink, monitor=monitor)
-        log.info(
-            "gridstream run (%s engine): kafka %s (%s) group %s, inputs %s + %s, clickhouse %s, "
-            "http %s",
-            engine,
-            settings.kafka.bootstrap_servers,
-            settings.kafka.security_protocol,
-            settings.kafka.group_id,
-            settings.topics.meter,
-            settings.topics.scada,
-            settings.clickhouse.backend,
-            settings.http_port or "off",
-        )
+        service.ensure_schema()
+        _log_start(settings, engine)
         with gc_policy():  # after start-up: what it allocated is frozen out of the GC's sight
-            stats = runner.run(stop)
+            stats = service.engine.run(stop)  # type: ignore[attr-defined]
         log.info("stopped after %d batches: %s", stats.batches, dict(stats.counters))
     finally:
         if server is not None:
             server.stop()
     return 0
+
+
+def _log_start(settings: Settings, engine: str) -> None:
+    log.info(
+        "gridstream run (%s engine): kafka %s (%s) group %s, inputs %s + %s, clickhouse %s, "
+        "http %s",
+        engine,
+        settings.kafka.bootstrap_servers,
+        settings.kafka.security_protocol,
+        settings.kafka.group_id,
+        settings.topics.meter,
+        settings.topics.scada,
+        settings.clickhouse.backend,
+        settings.http_port or "off",
+    )
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
@@ -143,6 +143,13 @@ def cmd_broker(args: argparse.Namespace) -> int:
                 print("broker exited", file=sys.stderr)
                 return 1
     return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from streams.ops.http import probe
+
+    port = _settings(args).http_port
+    return probe(f"http://127.0.0.1:{port}/health") if port else 1
 
 
 def cmd_query(args: argparse.Namespace) -> int:
@@ -229,9 +236,10 @@ def cmd_backtest(args: argparse.Namespace) -> int:
 
     from streams.tools.backtest import backtest_file
 
-    if args.batch_size < 1:
-        print(f"gridstream: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
-        return 2
+    for flag, value in (("--batch-size", args.batch_size), ("--partitions", args.partitions)):
+        if value < 1:
+            print(f"gridstream: {flag} must be >= 1, got {value}", file=sys.stderr)
+            return 2
     params = _settings(args).processing.params()
     ensemble = None
     if args.models:
@@ -245,7 +253,9 @@ def cmd_backtest(args: argparse.Namespace) -> int:
             f"using model set {ensemble.ref} (horizons {', '.join(map(str, ensemble.horizons))} s)"
         )
     started = time.perf_counter()
-    result = backtest_file(Path(args.input), Path(args.output), params, args.batch_size, ensemble)
+    result = backtest_file(
+        Path(args.input), Path(args.output), params, args.batch_size, ensemble, args.partitions
+    )
     c = result.counters
     dead = Counter(x for x in result.dead_letter if x is not None)
     sev = Counter(ev.severity for ev in result.events)
@@ -400,6 +410,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=9092)
     p.set_defaults(func=cmd_broker)
 
+    p = sub.add_parser(
+        "health", help="probe /health on the configured port: 0 ok/degraded, 1 otherwise"
+    )
+    p.set_defaults(func=cmd_health)
+
     p = sub.add_parser("query", help="run SQL on the configured ClickHouse and print a table")
     p.add_argument("sql")
     p.add_argument("--max-rows", type=int, default=100)
@@ -423,6 +438,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=5000,
         help="readings per processed batch (default 5000; the output does not depend on it)",
+    )
+    p.add_argument(
+        "--partitions",
+        type=int,
+        default=1,
+        help="input partitions of the live topic (default 1): each entity gets the core of the "
+        "partition its key is produced to, as in `gridstream run`, so the output equals the live "
+        "run's",
     )
     p.add_argument(
         "--models",

@@ -277,7 +277,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
 def env_names() -> set[str]:
     """Every environment variable name the settings understand."""
     names = {f"{ENV_PREFIX}CONFIG"}
-    # read by streams.runtime.failpoints
+    # read by streams.cli.failpoints_from_env (crash points of the fault-injection tests)
     names |= {f"{ENV_PREFIX}FAILPOINTS", f"{ENV_PREFIX}FAILPOINTS_SEED"}
     for name, info in Settings.model_fields.items():
         section = info.annotation

@@ -2,10 +2,14 @@
 
 Each row of the file becomes the JSON record a producer would send and goes through the live
 decoder (``schemas.decode.decode_batch``), so a row the service would dead-letter is dead-lettered
-here with the same reason, and the run goes on. Valid readings are fed to ``GridProcessor`` in
-batches that interleave entities by time (wide rounds are what make the core fast), while each
-entity's rows keep their file order, so a meter whose rows go back in time gets ``out_of_order``
-rejections exactly as it would live. The output has one row per input row, in input order.
+here with the same reason, and the run goes on. Valid readings are fed to the live run's
+per-partition cores (``streams.state.tasks.TaskSet``): each entity goes to the partition a
+producer's default partitioner sends its key to (``partition_of``, ``--partitions N``, default 1),
+so with the live topic's partition count the backtest computes what production computed (an
+integration test compares the two record for record). Readings are fed in batches that interleave
+entities by time (wide rounds are what make the core fast), while each entity's rows keep their
+file order, so a meter whose rows go back in time gets ``out_of_order`` rejections exactly as it
+would live. The output has one row per input row, in input order.
 
 The time-window rule of the live decoder is switched off (history is the point of a backtest);
 ``now`` is the file's latest reading plus 1 ms. Every input arrives in the same global order
@@ -33,11 +37,12 @@ import pandas as pd
 
 from models.ensemble import NowcastEnsemble
 from models.params import ProcessorParams
-from models.processor import GridProcessor, ProcessResult
+from models.processor import ProcessResult
 from schemas.batch import AnomalyRecord, ReadingBatch
 from schemas.decode import METER, SCADA, decode_batch
 from schemas.exceptions import GridstreamError
 from schemas.readings import MAX_TS_MS, MIN_TS_MS
+from streams.state.tasks import TaskSet, partition_of
 
 DEFAULT_BATCH_SIZE = 5000
 SEVERITIES = ("info", "warning", "critical")  # by rank, as models.detectors.severity_rank
@@ -86,6 +91,7 @@ def backtest_values(
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_batch: Callable[[ReadingBatch, ProcessResult], None] | None = None,
     ensemble: NowcastEnsemble | None = None,
+    partitions: int = 1,
 ) -> BacktestResult:
     """Decode records as the live service does, process them, and map results back to rows.
 
@@ -93,6 +99,8 @@ def backtest_values(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if partitions < 1:
+        raise ValueError(f"partitions must be >= 1, got {partitions}")
     params = params or ProcessorParams()
     n = len(values)
     horizons = tuple(params.horizons_s)
@@ -118,11 +126,15 @@ def backtest_values(
     if len(readings) == 0:
         return out
     now_ms = int(readings.ts_ms.max()) + 1
-    processor = GridProcessor(params, ensemble=ensemble)
+    tasks = TaskSet(params, ensemble)
+    # one task per (contract, partition), as live has one per (input topic, partition)
+    tids = [(c, p) for c in (METER, SCADA) for p in range(partitions)]
+    is_scada = np.array([contracts[i] == SCADA for i in readings.src_index.tolist()], dtype=bool)
+    task = partition_of(readings.entity, partitions) + partitions * is_scada
     column = {h: k for k, h in enumerate(horizons)}
     for order in _arrival_batches(readings, batch_size):
         batch = readings.take(order)
-        res = processor.process_batch(batch, now_ms)
+        res = tasks.process(batch, task[order], tids, now_ms).result
         src = batch.src_index
         out.score[src] = res.score
         out.severity[src] = res.severity
@@ -284,11 +296,12 @@ def backtest_frame(
     params: ProcessorParams | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     ensemble: NowcastEnsemble | None = None,
+    partitions: int = 1,
 ) -> tuple[pd.DataFrame, BacktestResult]:
     """Backtest the rows of a table of readings; returns the output table and the raw result."""
     values, contract = encode_rows(frame)
     result = backtest_values(values, [contract] * len(values), params, batch_size,
-                             ensemble=ensemble)
+                             ensemble=ensemble, partitions=partitions)
     id_column = "meter_id" if contract == METER else "asset_id"
     return result_columns(frame, result, id_column), result
 
@@ -322,7 +335,10 @@ def backtest_file(
     params: ProcessorParams | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     ensemble: NowcastEnsemble | None = None,
+    partitions: int = 1,
 ) -> BacktestResult:
-    table, result = backtest_frame(read_input(input_path), params, batch_size, ensemble)
+    table, result = backtest_frame(
+        read_input(input_path), params, batch_size, ensemble, partitions
+    )
     write_output(table, output_path)
     return result

@@ -27,10 +27,9 @@ from streams.ops.http import HttpServer, start_http_server
 from streams.ops.monitor import Monitor
 from streams.ops.report import BatchReport
 from streams.runtime.runner import StreamRunner, ensure_topics
-from streams.runtime.wiring import clickhouse_sink
+from streams.service import Assembly, build_service
 from streams.sim.generator import SimConfig
 from streams.sim.producer import SimStats, run_simulator
-from streams.state.tasks import TaskSet
 from streams.tools.broker import EmbeddedBroker
 
 BACKFILL_DAYS = 7
@@ -99,15 +98,12 @@ def run_demo(
         settings = _demo_settings(base, broker.bootstrap)
         ensure_topics(settings)
         backend = ChdbBackend(settings.clickhouse.path)
-        sink = clickhouse_sink(settings, backend)
-        assert sink is not None
-        sink.ensure_schema()
         state = DemoState(settings.processing.horizons_s)
-        processor = TaskSet(settings.processing.params())
-        monitor = Monitor(processor)
-        monitor.health.clickhouse_connected()
-        server = _http(settings, monitor, write)
-        runner = StreamRunner(settings, processor, sink, on_batch=state.on_batch, monitor=monitor)
+        service = build_service(settings, Assembly(backend=backend, on_batch=state.on_batch))
+        service.ensure_schema()
+        sink, runner = service.sink, service.engine
+        assert sink is not None and isinstance(runner, StreamRunner)
+        server = _http(settings, service.monitor, write)
         runner_stop, sim_stop = threading.Event(), threading.Event()
         runner_error: list[BaseException] = []
 

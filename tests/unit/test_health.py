@@ -216,6 +216,19 @@ def test_health_endpoint_answers_503_when_critical_and_200_otherwise(
     assert probe(f"{server.url}/health") == 0
 
 
+def test_gridstream_health_probes_the_configured_port(
+    server: HttpServer, health: Health, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streams.cli import main
+
+    monkeypatch.setenv("GRIDSTREAM_HTTP_PORT", str(server.port))
+    assert main(["health"]) == 1  # critical: not running yet
+    running(health)
+    assert main(["health"]) == 0
+    monkeypatch.setenv("GRIDSTREAM_HTTP_PORT", "0")  # HTTP off: nothing answers
+    assert main(["health"]) == 1
+
+
 def test_metrics_and_models_endpoints(server: HttpServer, health: Health) -> None:
     running(health)
     status, body, ctype = get(f"{server.url}/metrics")
