@@ -87,18 +87,23 @@ def write_results(frame: pd.DataFrame, scores: np.ndarray, out_dir: Path) -> Non
         rows[["timestamp", "anomaly_score"]].to_csv(path, index=False)
 
 
-def params_with(overrides: list[str]) -> ProcessorParams:
-    """Default parameters with ``NAME=VALUE`` numeric overrides (for tuning runs)."""
+def overrides(items: list[str]) -> dict[str, object]:
+    """``NAME=VALUE`` overrides of ``ProcessorParams`` fields, typed like the defaults."""
     defaults = ProcessorParams()
-    changes: dict[str, float | int] = {}
-    for item in overrides:
+    changes: dict[str, object] = {}
+    for item in items:
         name, _, value = item.partition("=")
         old = getattr(defaults, name)
         if isinstance(old, tuple) and all(isinstance(x, str) for x in old):
             changes[name] = tuple(x for x in value.split(",") if x)  # e.g. detectors=a,b
         else:
             changes[name] = type(old)(float(value)) if isinstance(old, int) else float(value)
-    return replace(defaults, **changes)
+    return changes
+
+
+def params_with(items: list[str]) -> ProcessorParams:
+    """Default parameters with ``NAME=VALUE`` overrides (for tuning runs)."""
+    return replace(ProcessorParams(), **overrides(items))
 
 
 def nab_score(results_dir: Path, nab_dir: Path, optimizer: str, quick: bool) -> dict:

@@ -25,10 +25,11 @@ import math
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from benchmarks.quality_nab import overrides
 from models.evaluation import ForecastTracker, Label, match_detections, median
 from models.processor import ProcessResult
 from schemas.batch import ForecastBatch, ReadingBatch
@@ -104,11 +105,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--json", type=Path, default=RESULTS / "quality_sim.json")
     ap.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    ap.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a ProcessorParams number (repeatable), as quality_nab.py takes it",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.days, args.meters, args.assets = 5.0, 60, 10
     config = SimConfig(meters=args.meters, assets=args.assets, seed=args.seed)
-    params = ProcessingSettings().params()
+    params = replace(ProcessingSettings().params(), **overrides(args.param))
 
     started = time.perf_counter()
     values, contracts, labels, sim_stats = simulate(config, args.days)

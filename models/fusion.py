@@ -7,9 +7,9 @@ fused score keeps the meaning of each part:
 
     score = min(1, -log10(fused probability) / score_decades)
 
-With ``score_decades = 10`` a score of 0.5 (info) is a one-in-100,000 reading of normal behaviour,
-0.7 (warning) one in 10 million, 0.9 (critical) one in a billion. At one reading every 15 minutes
-these are at most one false info alarm per entity in about 3 years of normal behaviour, if the
+With ``score_decades = 8`` a score of 0.5 (info) is a one-in-10,000 reading of normal behaviour,
+0.7 (warning) one in 400,000, 0.9 (critical) one in 16 million. At one reading every 15 minutes
+that is at most one false info alarm per entity in about 100 days of normal behaviour, if the
 tails are right; ``benchmarks/quality_*`` measure how right they are.
 
 Incidents: a reading whose score reaches the emit threshold opens an incident, which lasts while
@@ -23,7 +23,7 @@ severity step.
 >>> from models.params import ProcessorParams
 >>> p = ProcessorParams()
 >>> [round(float(x), 2) for x in score_of(np.array([0.0, -4.3, -5.3, -20.0]), p)]
-[0.0, 0.43, 0.53, 1.0]
+[0.0, 0.54, 0.66, 1.0]
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ class ProcessorParams:
     tail_min: int = 100  # statistics learned before a tail scores
     tail_min_excess: int = 5  # excesses learned before a tail scores
     stuck_rate_floor: float = 0.02  # repeats are never taken as rarer than this
-    score_decades: float = 10.0  # score = -log10(fused tail probability) / this, in [0, 1]
+    score_decades: float = 8.0  # score = -log10(fused tail probability) / this, in [0, 1]
     detectors: tuple[str, ...] = (
         "residual",
         "seasonal",

@@ -34,6 +34,11 @@ from models.state import NO_TS
 from schemas.batch import ReadingBatch
 
 WEEK_MS = 7 * 86_400_000
+_Z_LIKE = ("residual", "channel")  # standardised statistics: a prior tail while theirs is young
+_STATS = ("residual", "seasonal", "channel", "likelihood", "level", "novelty")
+# score_round calibrates these in one call: their tails must be the first slots, in this order
+assert [tails.TAIL_SLOTS[n] for n in _STATS] == list(range(len(_STATS)))
+_PRIOR = np.array([n in _Z_LIKE for n in _STATS])
 CHANNELS = ("reactive", "voltage", "current", "frequency", "temperature")
 
 
@@ -76,11 +81,13 @@ def score_round(
         **tail_x,
         "novelty": overshoot_and_learn(c, s, v, p),
     }
-    logp = {}
-    for name, x in stats.items():
-        x = np.where(warm, x, np.nan)  # a cold entity's statistics are noise: not learned
-        z_like = name in ("residual", "channel")
-        logp[name] = tails.score_and_learn(c, s, tails.TAIL_SLOTS[name], x, p, z_like)
+    # one call for every calibrated statistic: their tails are slots 0..k-1 in TAIL_SLOTS order
+    names = _STATS
+    x = np.column_stack([stats[n] for n in names])
+    x = np.where(warm[:, None], x, np.nan)  # a cold entity's statistics are noise: not learned
+    prior = _PRIOR
+    lp = tails.score_and_learn(c, s, slice(0, len(names)), x, p, prior)
+    logp = {n: lp[:, j] for j, n in enumerate(names)}
     logp["stuck"] = np.where(warm, tails.stuck_log10p(o.run, c["repeat_rate"][s], p), 0.0)
     strongest = np.minimum.reduce(list(logp.values()))
     observed = Observed(

@@ -113,17 +113,19 @@ def _ones(x: np.ndarray, value: float) -> np.ndarray:
 def score_and_learn(
     c: dict[str, np.ndarray],
     s: np.ndarray,
-    k: int,
+    k: int | slice,
     x: np.ndarray,
     params: ProcessorParams,
-    prior_z: bool = False,
+    prior_z: bool | np.ndarray = False,
 ) -> np.ndarray:
-    """``log10`` tail probability of statistic ``x`` for slots ``s`` and tail ``k``, then learn x.
+    """``log10`` tail probability of statistic ``x`` for slots ``s`` and tail(s) ``k``, then
+    learn x. ``k`` a slice of tails takes ``x`` of shape ``(len(s), tails)``: one call for
+    several statistics, which is what keeps the per-round cost low.
 
-    NaN statistics score 0 and teach nothing. With ``prior_z`` (a standardised statistic), a
-    tail that is not ready yet scores against a wide exponential prior (tail from 3 with mean
-    excess 1: |z| = 8 is 10^-3.7, only gross departures alarm), not 0: a new meter's first
-    day is not blind to a reading a hundred scales off.
+    NaN statistics score 0 and teach nothing. Where ``prior_z`` (a standardised statistic; one
+    flag per tail), a tail that is not ready yet scores against a wide exponential prior (tail
+    from 3 with mean excess 1: |z| = 8 is 10^-3.7, only gross departures alarm), not 0: a new
+    meter's first day is not blind to a reading a hundred scales off.
     """
     p = params
     u, d = c["tail_u"][s, k], c["tail_d"][s, k]
@@ -134,9 +136,10 @@ def score_and_learn(
     ok = np.isfinite(x)
     x = np.where(ok, np.maximum(x, 0.0), 0.0)
     logp = np.where(ok, log10_tail(x, u, m1, m2, ready, p, r_old), 0.0)
-    if prior_z:  # a young tail of a z-like statistic: a wide exponential prior meanwhile
+    prior = np.asarray(prior_z, dtype=bool)
+    if prior.any():  # a young tail of a z-like statistic: a wide exponential prior meanwhile
         young = log10_tail(x, _ones(x, 3.0), _ones(x, 1.0), _ones(x, 2.0), ok & ~ready, p)
-        logp = np.where(ready, logp, young)
+        logp = np.where(ready | ~prior, logp, young)
 
     # -- learn -----------------------------------------------------------------------------------
     first = ~np.isfinite(u)

@@ -211,7 +211,9 @@ def test_events_come_in_input_order_when_a_batch_holds_several_readings_per_enti
     proc = GridProcessor(P)
     proc.process_batch(to_batch(cols), NOW_MS)
     t = int(cols["ts_ms"][-1]) + STEP_MS
-    rows = [("a", "meter", t, 2.0), ("a", "meter", t + STEP_MS, 50.0), ("b", "meter", t, 50.0)]
+    a = rows_of(cols, "a")
+    usual = float(cols["value"][a][-96])  # "a" a day earlier at this time: nothing unusual
+    rows = [("a", "meter", t, usual), ("a", "meter", t + STEP_MS, 50.0), ("b", "meter", t, 50.0)]
     res = proc.process_batch(batch(rows), NOW_MS)
     # "b" is in the first round, "a"'s spike in the second: events still follow the input
     assert [(e.entity_id, e.ts_ms) for e in res.anomalies] == [("a", t + STEP_MS), ("b", t)]
