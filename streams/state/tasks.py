@@ -56,17 +56,7 @@ class Task:
 
     def track(self, batch: ReadingBatch, result: ProcessResult) -> dict[int, np.ndarray]:
         """Feed a batch and its result to the task's forecast-error tracker; APEs by horizon."""
-        fc = result.forecasts
-        return self.accuracy.update(
-            batch.kind + "\x1f" + batch.entity,
-            batch.ts_ms,
-            batch.value,
-            np.isfinite(result.expected),
-            result.forecast_rows,
-            fc.horizon_s,
-            fc.target_ms,
-            fc.p50,
-        )
+        return self.accuracy.track(batch, result).apes_by_horizon()
 
 
 @dataclass(slots=True)

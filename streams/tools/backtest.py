@@ -38,14 +38,14 @@ import pandas as pd
 from models.ensemble import NowcastEnsemble
 from models.params import ProcessorParams
 from models.processor import ProcessResult
-from schemas.batch import AnomalyRecord, ReadingBatch
+from schemas.batch import AnomalyRecord, ReadingBatch, entity_key
 from schemas.decode import METER, SCADA, decode_batch
 from schemas.exceptions import GridstreamError
+from schemas.outputs import SEVERITIES
 from schemas.readings import MAX_TS_MS, MIN_TS_MS
 from streams.state.tasks import TaskSet, partition_of
 
 DEFAULT_BATCH_SIZE = 5000
-SEVERITIES = ("info", "warning", "critical")  # by rank, as models.detectors.severity_rank
 # Contract fields read from the file, by kind of value; other columns are ignored.
 _TEXT = {METER: ("meter_id", "quality"), SCADA: ("asset_id", "asset_kind", "quality")}
 _NUMBERS = {
@@ -164,7 +164,7 @@ def _arrival_batches(readings: ReadingBatch, batch_size: int) -> list[np.ndarray
     a reading that goes back in time stays right after its predecessor (and is rejected as out of
     order, as it would be live) instead of being sorted into place.
     """
-    key = readings.kind + "\x1f" + readings.entity
+    key = entity_key(readings.kind, readings.entity)
     ts = pd.Series(readings.ts_ms)
     running_max = ts.groupby(pd.Series(key)).cummax().to_numpy()
     order = np.lexsort((readings.src_index, running_max))

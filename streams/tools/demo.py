@@ -12,17 +12,20 @@ import math
 import tempfile
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
+import numpy as np
 import orjson
 
-from models.evaluation import ForecastTracker, Label, match_detections, median
+from models.evaluation import HorizonError, Label, match_detections, median
+from schemas.accuracy import percentage_error
 from schemas.batch import AnomalyRecord
 from sinks.clickhouse import ClickHouseSink
 from sinks.clickhouse_backend import ChdbBackend
 from sinks.encode import anomaly_json
 from streams.config import ClickHouseSettings, KafkaSettings, Settings
+from streams.ops.accuracy import ForecastAccuracy, Matches
 from streams.ops.http import HttpServer, start_http_server
 from streams.ops.monitor import Monitor
 from streams.ops.report import BatchReport
@@ -42,7 +45,8 @@ class DemoState:
     def __init__(self, horizons: tuple[int, ...]) -> None:
         self.lock = threading.Lock()
         self.horizons = horizons
-        self.tracker = ForecastTracker()
+        self.accuracy = ForecastAccuracy()  # the /metrics rule (schemas.accuracy), all entities
+        self.errors: dict[int, HorizonError] = defaultdict(HorizonError)
         self.counters: Counter[str] = Counter()
         self.events: list[AnomalyRecord] = []
         self.first_ts: int | None = None
@@ -52,8 +56,7 @@ class DemoState:
         result, readings = report.result, report.readings_batch
         with self.lock:
             # forecasts first: a target inside the same batch is then matched too
-            self.tracker.add_forecasts(result.forecasts)
-            self.tracker.add_actuals(readings, self.horizons)
+            _add_errors(self.errors, self.accuracy.track(readings, result))
             self.counters.update(result.counters)
             self.counters["consumed"] += report.consumed
             self.counters["dead_letters"] += report.dead_letters
@@ -61,6 +64,21 @@ class DemoState:
             self.batch_s.append(report.duration_s)
             if len(readings) and self.first_ts is None:
                 self.first_ts = int(readings.ts_ms.min())
+
+
+def _add_errors(errors: dict[int, HorizonError], m: Matches) -> None:
+    """Sum matched forecasts into per-horizon totals (MAE, MAPE, WAPE, p10-p90 coverage)."""
+    ape = percentage_error(m.actual, m.p50)
+    for h in np.unique(m.horizon_s).tolist():
+        rows = m.horizon_s == h
+        actual, err, ape_h = m.actual[rows], errors[h], ape[rows]
+        defined = np.isfinite(ape_h)
+        err.n += int(rows.sum())
+        err.abs_err += float(np.abs(actual - m.p50[rows]).sum())
+        err.abs_actual += float(np.abs(actual).sum())
+        err.ape_sum += float(ape_h[defined].sum())
+        err.ape_n += int(defined.sum())
+        err.covered += int(((m.p10[rows] <= actual) & (actual <= m.p90[rows])).sum())
 
 
 def _demo_settings(base: Settings, bootstrap: str) -> Settings:
@@ -275,7 +293,7 @@ def _summary(
         shown = "-" if math.isnan(delay) else f"{delay / 60:.0f} min"
         write(f"  {kind:<13} recall {found:>3}/{total:<3} median delay {shown}")
     write("\nnowcast error against the actual readings:")
-    for h, err in sorted(state.tracker.by_horizon.items()):
+    for h, err in sorted(state.errors.items()):
         write(
             f"  horizon {h:>5} s: n {err.n:>8,}  MAPE {err.mape:6.2f} %  WAPE {err.wape:6.2f} %"
             f"  MAE {err.mae:.3f}  p10-p90 coverage {100 * err.coverage:5.1f} %"
