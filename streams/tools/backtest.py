@@ -135,25 +135,32 @@ def backtest_values(
     for order in _arrival_batches(readings, batch_size):
         batch = readings.take(order)
         res = tasks.process(batch, task[order], tids, now_ms).result
-        src = batch.src_index
-        out.score[src] = res.score
-        out.severity[src] = res.severity
-        out.expected[src] = res.expected
-        if len(res.forecasts):
-            rows = src[res.forecast_rows]
-            cols = np.fromiter((column[h] for h in res.forecasts.horizon_s.tolist()), np.int64)
-            for q, name in enumerate(("p10", "p50", "p90")):
-                out.quantiles[q, rows, cols] = getattr(res.forecasts, name)
-        for r in res.rejections:  # their src_index is already the row number
-            out.dead_letter[r.src_index] = r.error_class
-            out.dead_letter_error[r.src_index] = r.error
-        out.counters["dead_letters"] += len(res.rejections)
-        out.counters.update(res.counters)
-        out.events.extend(res.anomalies)
-        out.batches += 1
+        _record(out, batch, res, column)
         if on_batch is not None:
             on_batch(batch, res)
     return out
+
+
+def _record(
+    out: BacktestResult, batch: ReadingBatch, res: ProcessResult, column: dict[int, int]
+) -> None:
+    """Write a processed batch's results into the rows its readings came from."""
+    src = batch.src_index
+    out.score[src] = res.score
+    out.severity[src] = res.severity
+    out.expected[src] = res.expected
+    if len(res.forecasts):
+        rows = src[res.forecast_rows]
+        cols = np.fromiter((column[h] for h in res.forecasts.horizon_s.tolist()), np.int64)
+        for q, name in enumerate(("p10", "p50", "p90")):
+            out.quantiles[q, rows, cols] = getattr(res.forecasts, name)
+    for r in res.rejections:  # their src_index is already the row number
+        out.dead_letter[r.src_index] = r.error_class
+        out.dead_letter_error[r.src_index] = r.error
+    out.counters["dead_letters"] += len(res.rejections)
+    out.counters.update(res.counters)
+    out.events.extend(res.anomalies)
+    out.batches += 1
 
 
 def _arrival_batches(readings: ReadingBatch, batch_size: int) -> list[np.ndarray]:

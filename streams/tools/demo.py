@@ -21,6 +21,7 @@ import orjson
 from models.evaluation import HorizonError, Label, match_detections, median
 from schemas.accuracy import percentage_error
 from schemas.batch import AnomalyRecord
+from schemas.outputs import SEVERITIES
 from sinks.clickhouse import ClickHouseSink
 from sinks.clickhouse_backend import ChdbBackend
 from sinks.encode import anomaly_json
@@ -122,40 +123,8 @@ def run_demo(
         sink, runner = service.sink, service.engine
         assert sink is not None and isinstance(runner, StreamRunner)
         server = _http(settings, service.monitor, write)
-        runner_stop, sim_stop = threading.Event(), threading.Event()
-        runner_error: list[BaseException] = []
-
-        def run_processor() -> None:
-            try:
-                runner.run(runner_stop)
-            except BaseException as exc:  # noqa: BLE001 - reported by the main thread
-                runner_error.append(exc)
-
-        now_ms = int(started * 1000)
-        backfill_ms = BACKFILL_DAYS * 86_400_000
-        replay_s = max(seconds * 0.7, 1.0)
-        sim_result: list[SimStats] = []
         config = SimConfig(meters=meters, assets=assets, seed=7, anomaly_rate_per_day=0.4)
-        t = settings.topics
-        sim_thread = threading.Thread(
-            target=lambda: sim_result.append(
-                run_simulator(
-                    broker.bootstrap,
-                    t.meter,
-                    t.scada,
-                    config,
-                    start_ms=now_ms - backfill_ms,
-                    speed=backfill_ms / 1000.0 / replay_s,
-                    until_ms=now_ms,
-                    follow_clock=True,
-                    labels_path=labels_file,
-                    stop_event=sim_stop,
-                )
-            ),
-            name="simulator",
-            daemon=True,
-        )
-        proc_thread = threading.Thread(target=run_processor, name="processor", daemon=True)
+        parts = _Parts(runner, broker.bootstrap, settings, config, labels_file)
         write(
             f"gridstream demo: broker {broker.bootstrap}, ClickHouse (chDB) at "
             f"{settings.clickhouse.path}, database {settings.clickhouse.database}"
@@ -164,53 +133,106 @@ def run_demo(
             f"replaying {BACKFILL_DAYS} days of telemetry from {meters} meters and {assets} "
             f"SCADA assets with injected anomalies, for about {seconds:.0f} s\n"
         )
-        proc_thread.start()
-        sim_thread.start()
-        deadline = started + seconds
-        last_n, last_t = 0, time.time()
-        while not stop.is_set() and time.time() < deadline and not runner_error:
-            stop.wait(1.0)
-            with state.lock:
-                c = Counter(state.counters)
-            now = time.time()
-            rate = (c["consumed"] - last_n) / max(now - last_t, 1e-6)
-            last_n, last_t = c["consumed"], now
-            write(
-                f"  {now - started:5.1f}s  readings {c['consumed']:>9,} ({rate:>8,.0f}/s)  "
-                f"forecasts {c['forecasts']:>9,}  anomalies critical {c['anomalies_critical']:>4}"
-                f" warning {c['anomalies_warning']:>4} info {c['anomalies_info']:>4}  "
-                f"dead letters {c['dead_letters']:>5,}"
-            )
-            if not sim_thread.is_alive() and sim_result and c["consumed"] >= sim_result[0].produced:
-                break  # everything produced has been processed
-        sim_stop.set()
-        sim_thread.join(30)
-        produced = sim_result[0].produced if sim_result else 0
-        drain_until = time.time() + max(5.0, 0.3 * seconds)
-        while time.time() < drain_until and not runner_error:
-            with state.lock:
-                if state.counters["consumed"] >= produced:
-                    break
-            time.sleep(0.2)
-        runner_stop.set()
-        proc_thread.join(60)
+        parts.start(started, seconds)
+        _show_progress(write, state, parts, stop, started, seconds)
+        parts.finish(state, seconds)
         backend_summary = _clickhouse_counts(sink)
         backend.close()
         if server is not None:
             server.stop()
-    if runner_error:
-        raise runner_error[0]
-    _summary(
-        write,
-        state,
-        sim_result[0] if sim_result else None,
-        labels_file,
-        backend_summary,
-        time.time() - started,
-        settings,
-    )
+    if parts.error:
+        raise parts.error[0]
+    sim = parts.sim_result[0] if parts.sim_result else None
+    _summary(write, state, sim, labels_file, backend_summary, time.time() - started, settings)
     labels_file.unlink(missing_ok=True)
     return 0
+
+
+class _Parts:
+    """The demo's two threads: the processor (the assembled service) and the simulator."""
+
+    def __init__(
+        self, runner: StreamRunner, bootstrap: str, settings: Settings, config: SimConfig,
+        labels_file: Path,
+    ) -> None:
+        self.runner, self.bootstrap, self.settings = runner, bootstrap, settings
+        self.config, self.labels_file = config, labels_file
+        self.runner_stop, self.sim_stop = threading.Event(), threading.Event()
+        self.error: list[BaseException] = []
+        self.sim_result: list[SimStats] = []
+        self.proc_thread = threading.Thread(target=self._process, name="processor", daemon=True)
+        self.sim_thread: threading.Thread | None = None
+
+    def _process(self) -> None:
+        try:
+            self.runner.run(self.runner_stop)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            self.error.append(exc)
+
+    def start(self, started: float, seconds: float) -> None:
+        """Backfill ``BACKFILL_DAYS`` of telemetry in about 70 % of ``seconds``."""
+        now_ms = int(started * 1000)
+        backfill_ms = BACKFILL_DAYS * 86_400_000
+        replay_s = max(seconds * 0.7, 1.0)
+        t = self.settings.topics
+
+        def simulate() -> None:
+            self.sim_result.append(
+                run_simulator(
+                    self.bootstrap, t.meter, t.scada, self.config,
+                    start_ms=now_ms - backfill_ms, speed=backfill_ms / 1000.0 / replay_s,
+                    until_ms=now_ms, follow_clock=True, labels_path=self.labels_file,
+                    stop_event=self.sim_stop,
+                )
+            )
+
+        self.sim_thread = threading.Thread(target=simulate, name="simulator", daemon=True)
+        self.proc_thread.start()
+        self.sim_thread.start()
+
+    def simulated_all(self, consumed: int) -> bool:
+        """The simulator finished and the processor consumed everything it produced."""
+        done = self.sim_thread is not None and not self.sim_thread.is_alive()
+        return done and bool(self.sim_result) and consumed >= self.sim_result[0].produced
+
+    def finish(self, state: DemoState, seconds: float) -> None:
+        """Stop the simulator, let the processor drain what was produced, then stop it."""
+        self.sim_stop.set()
+        if self.sim_thread is not None:
+            self.sim_thread.join(30)
+        produced = self.sim_result[0].produced if self.sim_result else 0
+        drain_until = time.time() + max(5.0, 0.3 * seconds)
+        while time.time() < drain_until and not self.error:
+            with state.lock:
+                if state.counters["consumed"] >= produced:
+                    break
+            time.sleep(0.2)
+        self.runner_stop.set()
+        self.proc_thread.join(60)
+
+
+def _show_progress(
+    write, state: DemoState, parts: _Parts, stop: threading.Event,  # noqa: ANN001
+    started: float, seconds: float,
+) -> None:
+    """One progress line a second until the time is up or everything produced was processed."""
+    deadline = started + seconds
+    last_n, last_t = 0, time.time()
+    while not stop.is_set() and time.time() < deadline and not parts.error:
+        stop.wait(1.0)
+        with state.lock:
+            c = Counter(state.counters)
+        now = time.time()
+        rate = (c["consumed"] - last_n) / max(now - last_t, 1e-6)
+        last_n, last_t = c["consumed"], now
+        write(
+            f"  {now - started:5.1f}s  readings {c['consumed']:>9,} ({rate:>8,.0f}/s)  "
+            f"forecasts {c['forecasts']:>9,}  anomalies critical {c['anomalies_critical']:>4}"
+            f" warning {c['anomalies_warning']:>4} info {c['anomalies_info']:>4}  "
+            f"dead letters {c['dead_letters']:>5,}"
+        )
+        if parts.simulated_all(c["consumed"]):
+            break  # everything produced has been processed
 
 
 def _http(settings: Settings, monitor: Monitor, write) -> HttpServer | None:  # noqa: ANN001
@@ -298,13 +320,23 @@ def _summary(
             f"  horizon {h:>5} s: n {err.n:>8,}  MAPE {err.mape:6.2f} %  WAPE {err.wape:6.2f} %"
             f"  MAE {err.mae:.3f}  p10-p90 coverage {100 * err.coverage:5.1f} %"
         )
-    sev = Counter(e.severity for e in state.events)
+    _examples(write, state.events)
+    db = settings.clickhouse.database
+    write(
+        f'\nquery the results: gridstream query "SELECT severity, count() FROM {db}.anomalies '
+        'FINAL GROUP BY severity"'
+    )
+
+
+def _examples(write, events: list[AnomalyRecord]) -> None:  # noqa: ANN001
+    """Counts by severity and one example event of each."""
+    sev = Counter(e.severity for e in events)
     write(
         f"\nanomaly events: critical {sev['critical']}, warning {sev['warning']}, "
         f"info {sev['info']}"
     )
-    for severity in ("critical", "warning", "info"):
-        ev = next((e for e in state.events if e.severity == severity), None)
+    for severity in reversed(SEVERITIES):
+        ev = next((e for e in events if e.severity == severity), None)
         if ev is not None:
             doc = anomaly_json(ev)
             top = doc["explanation"][0] if doc["explanation"] else {}
@@ -314,11 +346,6 @@ def _summary(
                 f"{_num(top.get('value'))}, expected {_num(top.get('expected'))}, "
                 f"deviation {_num(top.get('deviation'))}"
             )
-    db = settings.clickhouse.database
-    write(
-        f'\nquery the results: gridstream query "SELECT severity, count() FROM {db}.anomalies '
-        'FINAL GROUP BY severity"'
-    )
 
 
 def _pct(x: float) -> str:
