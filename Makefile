@@ -34,7 +34,7 @@ quality: $(BIN)/gridstream
 	$(BIN)/python benchmarks/quality_nab.py
 	$(BIN)/python -m benchmarks.nab_loco
 	$(BIN)/python benchmarks/quality_ett.py
-	$(BIN)/python benchmarks/quality_sim.py --seed 4242
+	$(BIN)/python -m benchmarks.sim_seeds
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

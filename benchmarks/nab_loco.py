@@ -43,7 +43,7 @@ def _without(name: str) -> str:
 
 CANDIDATES: dict[str, list[str]] = {
     "defaults": [],
-    "range-fades-faster": ["nov_in_rate=0.002"],
+    "range-fades-slower": ["nov_in_rate=0.0002"],
     "wider-tail": ["tail_quantile=0.95"],
     "longer-incidents": ["cooldown_s=21600"],
     "no-residual": [_without("residual")],

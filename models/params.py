@@ -35,7 +35,7 @@ class ProcessorParams:
     lvl_long_rate: float = 0.0005  # EWMA weight of its long-run mean and variance
     lvl_min: int = 300  # readings behind the level detector's long-run statistics before it scores
     nov_out_rate: float = 0.1  # how far a reading outside the range pulls the bound out
-    nov_in_rate: float = 0.0002  # how fast the range's bounds creep towards its middle
+    nov_in_rate: float = 0.002  # how fast the range's bounds creep towards its middle
     weekly_min_weeks: int = 2  # weeks of departures before the level detector adjusts by weekday
     weekly_rate: float = 0.3  # weight of the newest week in an hour-of-week bucket
     hst_trees: int = 15
