@@ -26,7 +26,8 @@ from streams.config import ClickHouseSettings
 from streams.runtime.runner import StreamRunner, ensure_topics
 from streams.service import Assembly, build_service
 from streams.tools.backtest import _arrival_batches, backtest_values, encode_rows
-from tests.integration.helpers import make_settings, read_all
+from tests.integration.conftest import make_settings
+from tests.integration.helpers import read_all
 
 PARTITIONS = 4
 STEP_MS = 900_000
