@@ -108,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         service.ensure_schema()
         _log_start(settings, engine)
         with gc_policy():  # after start-up: what it allocated is frozen out of the GC's sight
-            stats = service.engine.run(stop)  # type: ignore[attr-defined]
+            stats = service.engine.run(stop)
         log.info("stopped after %d batches: %s", stats.batches, dict(stats.counters))
     finally:
         if server is not None:

@@ -10,10 +10,11 @@ transactional id) is resolved by the CLI and passed in; nothing here reads the e
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from models.ensemble import NowcastEnsemble
 from sinks.clickhouse import ClickHouseSink
@@ -21,12 +22,21 @@ from sinks.clickhouse_backend import ClickHouseBackend
 from streams.config import Settings
 from streams.ops.monitor import Monitor
 from streams.ops.report import BatchReport
+from streams.runtime.batch import RunStats
 from streams.runtime.failpoints import Failpoints
 from streams.runtime.runner import StreamRunner
 from streams.runtime.wiring import clickhouse_sink
 from streams.state.tasks import TaskSet
 
 EngineName = Literal["native", "faust"]
+
+
+class Engine(Protocol):
+    """What ``gridstream run`` needs of an engine: run until stopped, then the totals."""
+
+    stats: RunStats
+
+    def run(self, stop: threading.Event | None = None) -> RunStats: ...
 
 
 def build_tasks(settings: Settings, ensemble: NowcastEnsemble | None = None) -> TaskSet:
@@ -42,7 +52,7 @@ class Service:
     tasks: TaskSet
     monitor: Monitor
     sink: ClickHouseSink | None
-    engine: StreamRunner | object  # a FaustEngine under ``--engine faust``
+    engine: Engine  # a StreamRunner, or a FaustEngine under ``--engine faust``
 
     def ensure_schema(self) -> None:
         """Apply the ClickHouse schema (the engines expect it) and tell /health it is reachable."""
@@ -70,7 +80,7 @@ def build_service(settings: Settings, how: Assembly | None = None) -> Service:
     tasks = build_tasks(settings)
     monitor = Monitor(tasks, clickhouse_enabled=settings.clickhouse.backend != "none")
     sink = clickhouse_sink(settings, how.backend)
-    engine: StreamRunner | object
+    engine: Engine
     if how.engine == "faust":
         from streams.runtime.faust_engine import FaustEngine
 
