@@ -23,18 +23,26 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.quality_nab import RESULTS, SHARED, nab_files, nab_frame, params_with, write_results
+from benchmarks.quality_nab import (
+    RESULTS,
+    SHARED,
+    nab_files,
+    nab_frame,
+    nab_score,
+    params_with,
+    write_results,
+)
+from models.params import ProcessorParams
 from streams.tools.backtest import backtest_frame
 
 # name -> ProcessorParams overrides (NAME=VALUE, as quality_nab.py --param takes them)
-_ALL = ("residual", "seasonal", "stuck", "channel", "likelihood", "level", "novelty", "iforest")
+_ALL = ProcessorParams().detectors
 
 
 def _without(name: str) -> str:
@@ -53,27 +61,7 @@ CANDIDATES: dict[str, list[str]] = {
 
 def score(results: Path, nab_dir: Path, threshold: float | None = None) -> dict:
     """NAB's scorer over the files present in ``results``: standard profile, local optimiser."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "score.json"
-        cmd = [
-            sys.executable,
-            str(SHARED / "tools" / "nab_score.py"),
-            str(results),
-            "--windows",
-            str(nab_dir / "labels" / "combined_windows.json"),
-            "--profiles",
-            str(nab_dir / "profiles.json"),
-            "--profile",
-            "standard",
-            "--optimizer",
-            "local",
-            "--allow-missing",
-            *(["--threshold", repr(threshold)] if threshold is not None else []),
-            "--json",
-            str(out),
-        ]
-        subprocess.run(cmd, check=True, capture_output=True, text=True)
-        return json.loads(out.read_text())["standard"]
+    return nab_score(results, nab_dir, "local", True, "standard", threshold)["standard"]
 
 
 def subset(src: Path, dst: Path, categories: list[str]) -> Path:

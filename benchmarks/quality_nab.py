@@ -106,7 +106,17 @@ def params_with(items: list[str]) -> ProcessorParams:
     return replace(ProcessorParams(), **overrides(items))
 
 
-def nab_score(results_dir: Path, nab_dir: Path, optimizer: str, quick: bool) -> dict:
+def nab_score(
+    results_dir: Path,
+    nab_dir: Path,
+    optimizer: str = "local",
+    allow_missing: bool = False,
+    profile: str = "all",
+    threshold: float | None = None,
+) -> dict:
+    """NAB's scorer (``../shared/tools/nab_score.py``) over ``results_dir``: per profile, the
+    threshold it optimises (or ``threshold``), per file. ``allow_missing``: score only the
+    files present."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "nab.json"
         cmd = [
@@ -120,11 +130,12 @@ def nab_score(results_dir: Path, nab_dir: Path, optimizer: str, quick: bool) -> 
             "--optimizer",
             optimizer,
             "--profile",
-            "all",
+            profile,
             "--per-file",
             "--json",
             str(out),
-            *(["--allow-missing"] if quick else []),
+            *(["--allow-missing"] if allow_missing else []),
+            *(["--threshold", repr(threshold)] if threshold is not None else []),
         ]
         subprocess.run(cmd, check=True, capture_output=True, text=True)
         return json.loads(out.read_text())
@@ -144,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="override a ProcessorParams number (repeatable), e.g. --param lik_decades=12",
+        help="override a ProcessorParams number (repeatable), e.g. --param score_decades=7",
     )
     args = ap.parse_args(argv)
     nab_dir = args.data / "nab"

@@ -7,7 +7,8 @@ A store is a directory that only the operator can write::
     STORE/
       <name>-<version>/      one model set; created by os.mkdir, so never written twice
         manifest.json        written last and atomically: its presence means the set is complete
-        ...                  .pkl (pickle), .npy (numpy, no pickle), .json; other names: raw bytes
+        ...                  .skops (scikit-learn, no pickle), .npy (numpy, no pickle), .json,
+                             .pkl (pickle: sets written before skops); other names: raw bytes
       current.json           the promoted set, replaced atomically (a file, not a symlink: portable)
       promotions.jsonl       every promotion decision, appended, one JSON object per line
       .lock                  serialises promotions (flock where the platform has it)
@@ -15,7 +16,10 @@ A store is a directory that only the operator can write::
 Versions are integers 1, 2, 3, ... per name, allocated by ``os.mkdir`` so two trainers never
 share one. Model refs are ``name@version``.
 
-Unpickling runs code. The loader therefore reads every listed file into memory, compares each
+scikit-learn models are written with skops (``.skops``): a zip of JSON and arrays, loaded only if
+every type it names is in ``SKOPS_TRUSTED`` (``skops.io.get_untrusted_types``), so loading a model
+constructs known classes and runs no code from the file. Sets written earlier hold ``.pkl`` files,
+and unpickling runs code. The loader therefore reads every listed file into memory, compares each
 sha256 with the manifest, and deserialises only after *all* files passed, from the very bytes it
 hashed (nothing can be swapped between check and use). Hashes catch corruption and changed
 files, not someone who can rewrite the manifest too: hence the store must be operator-only.
@@ -264,6 +268,10 @@ def _serialise(rel: str, obj: object) -> bytes:
         return obj
     suffix = Path(rel).suffix
     try:
+        if suffix == ".skops":
+            import skops.io as sio
+
+            return sio.dumps(obj)
         if suffix == ".pkl":
             return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
         if suffix == ".npy" and isinstance(obj, np.ndarray):
@@ -275,8 +283,8 @@ def _serialise(rel: str, obj: object) -> bytes:
     except (TypeError, ValueError, pickle.PicklingError) as exc:
         raise ArtifactError(f"artifact {rel!r} cannot be written as {suffix}: {exc}") from exc
     raise ArtifactError(
-        f"artifact {rel!r}: a {type(obj).__name__} needs a .pkl name (.npy takes an ndarray, "
-        ".json takes JSON values), or pass bytes"
+        f"artifact {rel!r}: a {type(obj).__name__} needs a .skops (scikit-learn) or .pkl name "
+        "(.npy takes an ndarray, .json takes JSON values), or pass bytes"
     )
 
 
@@ -419,8 +427,27 @@ def _files_under(path: Path, label: str) -> set[str]:
     return found
 
 
+# Types skops does not trust by default that our models consist of: the fitted trees of
+# HistGradientBoostingRegressor and of IsolationForest. Anything else in a file is refused.
+SKOPS_TRUSTED: frozenset[str] = frozenset(
+    {
+        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+        "sklearn.tree._tree.Tree",
+    }
+)
+
+
 def _deserialise(rel: str, data: bytes) -> object:
     suffix = Path(rel).suffix
+    if suffix == ".skops":
+        import skops.io as sio  # on first use: it costs ~0.8 s of start-up otherwise
+
+        untrusted = set(sio.get_untrusted_types(data=data))
+        if untrusted - SKOPS_TRUSTED:
+            raise ArtifactError(
+                f"{rel}: holds types gridstream does not load: {sorted(untrusted - SKOPS_TRUSTED)}"
+            )
+        return sio.loads(data, trusted=sorted(untrusted))
     if suffix == ".pkl":
         return pickle.loads(data)  # noqa: S301 - sha256 of these exact bytes verified first
     if suffix == ".npy":

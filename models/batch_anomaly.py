@@ -7,12 +7,12 @@ is saved in the model set next to the nowcast models (``ANOMALY_FILE``, and ``AN
 its feature names, NaN fill values and score calibration), hashed in the manifest like them.
 
 Serving: the processor scores only readings that an online detector already finds suspicious
-(the ``hst_gate``, as for river), in one vectorised call per batch; every other reading scores 0.
+(``gate_decades``), in one vectorised call per batch; every other reading scores 0.
 The raw isolation score is mapped to [0, 1] by the training distribution: a reading as unusual
-as the ``CALIBRATION_QUANTILE`` of training vectors scores 0.5. It joins fusion as the detector
-``iforest`` with its own weight. A set whose anomaly model was trained on other features is
-refused with ``IncompatibleModel``; NaN features (a detector with no memory yet) are filled with
-the training medians.
+as the ``CALIBRATION_QUANTILE`` of training vectors scores 0.5, and ``log10_tail`` turns that
+into a tail probability for fusion (detector ``iforest``). A set whose anomaly model was trained
+on other features is refused with ``IncompatibleModel``; NaN features (a detector with no memory
+yet) are filled with the training medians.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from models.artifacts import LoadedModelSet
 from models.exceptions import ArtifactError, IncompatibleModel, ModelError
 
 DETECTOR = "iforest"
-ANOMALY_FILE = "anomaly_iforest.pkl"
+ANOMALY_FILE = "anomaly_iforest.skops"
+ANOMALY_FILE_PICKLE = "anomaly_iforest.pkl"  # sets written before skops
 ANOMALY_META = "anomaly.json"
 ANOMALY_FEATURES: tuple[str, ...] = (
     "abs_residual_z",
@@ -110,10 +111,11 @@ class BatchAnomalyModel:
     @classmethod
     def from_loaded(cls, loaded: LoadedModelSet) -> BatchAnomalyModel | None:
         """The anomaly model of a verified set, None if the set has none."""
-        if ANOMALY_FILE not in loaded.artifacts:
+        name = ANOMALY_FILE if ANOMALY_FILE in loaded.artifacts else ANOMALY_FILE_PICKLE
+        if name not in loaded.artifacts:
             return None
         meta = loaded.artifacts.get(ANOMALY_META)
-        forest = loaded.artifacts[ANOMALY_FILE]
+        forest = loaded.artifacts[name]
         if not isinstance(meta, Mapping) or not isinstance(forest, IsolationForest):
             raise ArtifactError(
                 f"{loaded.ref}: {ANOMALY_FILE} needs an IsolationForest and {ANOMALY_META} "

@@ -9,18 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.params import ProcessorParams
+from models.params import ONLINE_DETECTORS, ProcessorParams
 
-# The online detectors, in the order events list them (models.scoring says what each sees).
-DETECTORS: tuple[str, ...] = (
-    "residual",
-    "seasonal",
-    "stuck",
-    "channel",
-    "likelihood",
-    "level",
-    "novelty",
-)
+DETECTORS = ONLINE_DETECTORS  # the online detectors, in the order events list them
 # Channels whose departures from their own recent mean are scored. Current, reactive power and
 # temperature follow the load, so the residual detector already sees their anomalies.
 SCORED_CHANNELS: tuple[int, ...] = (1, 3)  # voltage, frequency (indices into CHANNEL_NAMES)

@@ -34,8 +34,16 @@ def regime_of(target_ms: np.ndarray) -> np.ndarray:
     return (band + HOUR_BANDS * weekend).astype(np.int64)
 
 
-def model_file(horizon_s: int, quantile: float) -> str:
-    return f"gbm_h{horizon_s}_q{int(round(quantile * 100)):02d}.pkl"
+def model_file(horizon_s: int, quantile: float, suffix: str = ".skops") -> str:
+    """The file of one quantile model; sets trained before skops hold ``.pkl`` files."""
+    return f"gbm_h{horizon_s}_q{int(round(quantile * 100)):02d}{suffix}"
+
+
+def _model(artifacts: Mapping[str, object], horizon_s: int, quantile: float) -> object:
+    name = model_file(horizon_s, quantile)
+    if name not in artifacts:  # a set written before skops
+        name = model_file(horizon_s, quantile, ".pkl")
+    return artifacts[name]
 
 
 GATE_FILE = "gate.json"
@@ -56,7 +64,7 @@ class NowcastEnsemble:
         self.gate: dict[int, np.ndarray] = {}
         for h in self.horizons:
             try:
-                self.models[h] = [loaded.artifacts[model_file(h, q)] for q in QUANTILES]
+                self.models[h] = [_model(loaded.artifacts, h, q) for q in QUANTILES]
             except KeyError as exc:
                 raise ArtifactError(f"{loaded.ref}: no model file {exc.args[0]}") from None
             weights = np.asarray(gate.get(str(h), []), dtype=np.float64)

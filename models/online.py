@@ -3,7 +3,8 @@
 river scores one dict at a time, so it is the one per-event cost in the core. Two bounds keep it
 small: the model is global (features are already standardised per entity, so one model serves all
 entities), it learns from one reading in ``hst_learn_every``, and it only scores readings that a
-vectorised detector already finds suspicious (``hst_gate``); every other reading scores 0.
+vectorised detector already finds suspicious (``gate_decades``); every other reading scores 0. It is
+off by default; ``ProcessorParams.detectors`` with "hst" fuses it.
 
 Which readings it learns is a hash of (entity, ts), not of arrival position, and the processor
 feeds it one batch in arrival order, so its output is the same however the stream is cut into

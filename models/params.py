@@ -4,6 +4,17 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+# The online detectors (models.scoring says what each sees), in the order events list them.
+ONLINE_DETECTORS: tuple[str, ...] = (
+    "residual",
+    "seasonal",
+    "stuck",
+    "channel",
+    "likelihood",
+    "level",
+    "novelty",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class ProcessorParams:
@@ -55,16 +66,8 @@ class ProcessorParams:
     tail_min_excess: int = 5  # excesses learned before a tail scores
     stuck_rate_floor: float = 0.02  # repeats are never taken as rarer than this
     score_decades: float = 8.0  # score = -log10(fused tail probability) / this, in [0, 1]
-    detectors: tuple[str, ...] = (
-        "residual",
-        "seasonal",
-        "stuck",
-        "channel",
-        "likelihood",
-        "level",
-        "novelty",
-        "iforest",  # the batch anomaly model of a loaded set (absent: not fused)
-    )
+    # fused detectors: the online ones, and the batch anomaly model of a loaded set (if any)
+    detectors: tuple[str, ...] = (*ONLINE_DETECTORS, "iforest")
     emit_threshold: float = 0.5  # fused score from which an anomaly event is published
     severity_thresholds: tuple[tuple[str, float], ...] = (
         ("critical", 0.9),

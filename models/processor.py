@@ -12,7 +12,6 @@ after the rounds, then each round is fused and emitted, so output never depends 
 
 from __future__ import annotations
 
-import pickle
 from collections import Counter
 from dataclasses import dataclass, field
 from time import perf_counter
@@ -22,7 +21,7 @@ import numpy as np
 import river
 
 from models import detectors as det
-from models import fusion, tails
+from models import fusion, snapshot, tails
 from models.batch_anomaly import DETECTOR as BATCH_DETECTOR
 from models.batch_anomaly import BatchAnomalyModel, anomaly_features
 from models.batch_anomaly import log10_tail as batch_log10_tail
@@ -46,8 +45,6 @@ from schemas.batch import (
 
 if TYPE_CHECKING:
     from models.ensemble import NowcastEnsemble
-
-SNAPSHOT_FORMAT = 2
 
 
 @dataclass(slots=True)
@@ -170,31 +167,15 @@ class GridProcessor:
         return res
 
     def snapshot(self) -> bytes:
-        """The whole core state as bytes (windows, profiles, detector memories, river model)."""
-        return pickle.dumps(
-            {
-                "format": SNAPSHOT_FORMAT,
-                "params": self.params,
-                "state": self.state.snapshot(),
-                "online": self.online,
-                "drift": self.drift,
-            },
-            protocol=pickle.HIGHEST_PROTOCOL,
-        )
+        """The whole core state as data: arrays and typed JSON in one ``.npz``, no pickle
+        (windows, profiles, detector memories, river model; ``models.snapshot``)."""
+        return snapshot.dumps(self)
 
     @classmethod
     def from_snapshot(cls, blob: bytes) -> GridProcessor:
-        """Rebuild a processor from ``snapshot()`` output that this process wrote itself.
-
-        Only for snapshots from a trusted store: unpickling runs code.
-        """
-        data = pickle.loads(blob)  # noqa: S301 - snapshots are written by gridstream itself
-        if data.get("format") != SNAPSHOT_FORMAT:
-            raise ValueError(f"snapshot format {data.get('format')!r}, expected {SNAPSHOT_FORMAT}")
-        params: ProcessorParams = data["params"]
-        proc = cls(params, EntityState.restore(params, data["state"]), data["online"])
-        proc.drift = data.get("drift") or proc.drift
-        return proc
+        """Rebuild a processor from ``snapshot()`` output; ``snapshot.SnapshotError`` if this
+        version cannot restore it exactly (other format, state columns or river version)."""
+        return snapshot.loads(cls, blob)
 
     @property
     def entities(self) -> int:

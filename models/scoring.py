@@ -29,6 +29,7 @@ from models.learning import Observed
 from models.likelihood import score_and_learn as likelihood_stats
 from models.novelty import overshoot_and_learn
 from models.nowcast import bucket_of, expected_value, steps_ahead, week_bucket_of
+from models.online import GatedHalfSpaceTrees
 from models.params import ProcessorParams
 from models.state import NO_TS
 from schemas.batch import ReadingBatch
@@ -113,7 +114,7 @@ def score_round(
         week_dev=o.week_dev,
     )
     feats = {**f, "run": o.run, "cusum": cusum, **tail_z}
-    hst_x = _hst_features(f["z"], f["zs"], cusum, zc, o.run)
+    hst_x = GatedHalfSpaceTrees.features(f["z"], f["zs"], cusum, zc, o.run)
     return Scored(logp, feats, observed, warm, hst_x, strongest < -p.gate_decades)
 
 
@@ -212,17 +213,3 @@ def _features(
         prof_trusted,
         weekly,
     )
-
-
-def _hst_features(
-    z: np.ndarray, zs: np.ndarray, cusum: np.ndarray, zc: np.ndarray, run: np.ndarray
-) -> np.ndarray:
-    """Each standardised feature squashed into [0, 1], the range HalfSpaceTrees expects."""
-    cols = [
-        np.tanh(np.abs(z) / 8.0),
-        np.tanh(np.abs(zs) / 8.0),
-        np.tanh(cusum / 30.0),
-        np.tanh(np.abs(zc) / 8.0),
-        np.tanh(run / 10.0),
-    ]
-    return np.column_stack(cols)

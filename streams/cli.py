@@ -14,10 +14,10 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from schemas.exceptions import GridstreamError
+from streams.cli_offline import cmd_backtest, cmd_report, cmd_train
 from streams.cli_parser import build_parser
 from streams.config import ConfigError, Settings, load_settings
 
@@ -77,6 +77,17 @@ def transactional_id(settings: Settings, index: int | None) -> str:
     return base if index is None else f"{base}-{index}"
 
 
+def _per_worker(settings: Settings, index: int) -> Settings:
+    """Worker ``index`` of ``--workers`` gets its own group instance id (the same index after a
+    restart is the same static member); its transactional id is ``transactional_id``'s."""
+    k = settings.kafka
+    instance = k.instance_id()
+    if instance is None:
+        return settings
+    kafka = k.model_copy(update={"group_instance_id": f"{instance}-{index}"})
+    return settings.model_copy(update={"kafka": kafka})
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from streams.ops.http import start_http_server
     from streams.runtime.workers import check_workers, gc_policy, run_workers, tag_logs
@@ -92,6 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return run_workers(settings, workers, args.config)
     if index is not None:
         tag_logs(index)
+        settings = _per_worker(settings, index)
     stop = _stop_on_signals()
     engine = getattr(args, "engine", "native")
     how = Assembly(
@@ -231,48 +243,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
-def cmd_backtest(args: argparse.Namespace) -> int:
-    from collections import Counter
-    from pathlib import Path
-
-    from streams.tools.backtest import backtest_file
-
-    for flag, value in (("--batch-size", args.batch_size), ("--partitions", args.partitions)):
-        if value < 1:
-            print(f"gridstream: {flag} must be >= 1, got {value}", file=sys.stderr)
-            return 2
-    params = _settings(args).processing.params()
-    ensemble = None
-    if args.models:
-        from models.ensemble import load_ensemble
-
-        ensemble = load_ensemble(args.models)
-        params = replace(
-            params, horizons_s=tuple(sorted(set(params.horizons_s) | set(ensemble.horizons)))
-        )
-        print(
-            f"using model set {ensemble.ref} (horizons {', '.join(map(str, ensemble.horizons))} s)"
-        )
-    started = time.perf_counter()
-    result = backtest_file(
-        Path(args.input), Path(args.output), params, args.batch_size, ensemble, args.partitions
-    )
-    c = result.counters
-    dead = Counter(x for x in result.dead_letter if x is not None)
-    sev = Counter(ev.severity for ev in result.events)
-    print(
-        f"backtest: {len(result):,} rows in {time.perf_counter() - started:.1f} s -> "
-        f"{args.output}; scored {c['scored']:,}, warming up {c['warming_up']:,}, "
-        f"duplicates dropped {c['dropped_duplicate']:,}, dead letters {sum(dead.values()):,}"
-        + (f" ({', '.join(f'{k} {v:,}' for k, v in dead.most_common())})" if dead else "")
-    )
-    print(
-        f"anomaly events: critical {sev['critical']:,}, warning {sev['warning']:,}, "
-        f"info {sev['info']:,} (horizons {', '.join(f'{h} s' for h in params.horizons_s)})"
-    )
-    return 0
-
-
 def bench_command(quick: bool, json_path: str | None) -> list[str]:
     """The harness as its own interpreter runs it: the CLI never imports ``benchmarks``."""
     return [
@@ -307,45 +277,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_child(bench_command(args.quick, args.json))
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from models.training import train_model_set
-    from streams.tools.backtest import read_input, reading_batches
-
-    params = _settings(args).processing.params()
-    started = time.perf_counter()
-    batches, rejected = reading_batches(read_input(Path(args.input)))
-    rows = sum(len(b) for b in batches)
-    if rejected:
-        print(f"train: {rejected:,} rows of {args.input} are not valid readings and are skipped")
-    path, metrics, decision = train_model_set(
-        batches,
-        params,
-        Path(args.output),
-        name=args.name,
-        seed=args.seed,
-        max_iter=args.max_iter,
-        promote=not args.no_promote,
-    )
-    print(f"trained {path.name} on {rows:,} readings in {time.perf_counter() - started:.1f} s")
-    for h in params.horizons_s:
-        print(
-            f"  horizon {h:>5} s: validation MAE {metrics[f'h{h}_validation_mae']:.4g} "
-            f"(baseline {metrics[f'h{h}_baseline_mae']:.4g}), p10-p90 coverage "
-            f"{100 * metrics[f'h{h}_validation_coverage_p10_p90']:.1f} %"
-        )
-    print(
-        f"  validation error {metrics['validation_error']:.4f} "
-        f"(baseline {metrics['baseline_error']:.4f}, in forecast-scale units)"
-    )
-    if decision is not None:
-        print(
-            f"promotion: {'promoted' if decision.promoted else 'not promoted'}: {decision.reason}"
-        )
-    return 0
-
-
 # -- dispatch ----------------------------------------------------------------------------------
 HANDLERS = {
     "run": cmd_run,
@@ -355,6 +286,7 @@ HANDLERS = {
     "health": cmd_health,
     "query": cmd_query,
     "backtest": cmd_backtest,
+    "report": cmd_report,
     "bench": cmd_bench,
     "train": cmd_train,
 }

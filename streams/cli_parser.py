@@ -129,6 +129,40 @@ def add_backtest(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="a model store (its promoted set) or one model-set directory from `gridstream train`;"
         " without it: the online detectors and the baseline alone, as a fresh deployment",
     )
+    p.add_argument(
+        "--report", default=None, help="also write an interactive HTML report to this file"
+    )
+    p.add_argument(
+        "--labels",
+        default=None,
+        help="labelled anomaly windows for the report: simulator labels (JSON lines) or NAB "
+        "windows (JSON)",
+    )
+    return p
+
+
+def add_report(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "report",
+        help="a self-contained interactive HTML report from ClickHouse: forecast bands against "
+        "actuals, anomalies, labelled windows, error heatmaps",
+    )
+    p.add_argument("--since", default="7d", help="start: a UTC time or an age (default 7d)")
+    p.add_argument("--until", default=None, help="end: a UTC time or an age (default now)")
+    p.add_argument(
+        "--entities",
+        action="append",
+        default=[],
+        help="entity ids, comma-separated or repeated (default: every entity)",
+    )
+    p.add_argument("--labels", default=None, help="simulator labels or NAB windows file")
+    p.add_argument("--output", default="gridstream-report.html", help="the HTML file to write")
+    p.add_argument(
+        "--max-points",
+        type=int,
+        default=25_000,
+        help="readings drawn per entity at most; longer series are thinned (default 25000)",
+    )
     return p
 
 
@@ -154,6 +188,11 @@ def add_train(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-iter", type=int, default=200, help="boosting iterations per model")
     p.add_argument("--no-promote", action="store_true", help="save the set but do not promote it")
+    p.add_argument(
+        "--report",
+        default=None,
+        help="the validation report's HTML file (default STORE/<set>-validation.html)",
+    )
     return p
 
 
@@ -165,6 +204,7 @@ COMMANDS = (
     add_health,
     add_query,
     add_backtest,
+    add_report,
     add_bench,
     add_train,
 )

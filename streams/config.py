@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
@@ -86,9 +87,25 @@ class KafkaSettings(_Section):
         description="exactly_once: stable id per worker (default <group_id>-<hostname>; "
         "`--workers` appends -<index>); a restarted worker with the same id fences its predecessor",
     )
+    static_membership: bool = Field(
+        True,
+        description="join the group as a static member (group.instance.id), so a restarted "
+        "worker gets its partitions back without waiting out the session of its predecessor",
+    )
+    group_instance_id: str | None = Field(
+        None,
+        description="static membership: stable id per worker (default <group_id>-<hostname>, "
+        "--workers appends -<index>); two live consumers with one id fence each other",
+    )
     extra: dict[str, str] = Field(
         default_factory=dict, description="passed verbatim to librdkafka (consumer and producer)"
     )
+
+    def instance_id(self) -> str | None:
+        """The consumer's group.instance.id, None without static membership."""
+        if not self.static_membership:
+            return None
+        return self.group_instance_id or f"{self.group_id}-{socket.gethostname()}"
 
     def client_config(self) -> dict[str, str]:
         """librdkafka settings shared by consumer, producer and admin client."""
@@ -126,6 +143,7 @@ class KafkaSettings(_Section):
             "enable.partition.eof": False,
             "session.timeout.ms": self.session_timeout_ms,
             "heartbeat.interval.ms": max(100, self.session_timeout_ms // 5),
+            **({"group.instance.id": self.instance_id()} if self.static_membership else {}),
         }
 
     def producer_config(self) -> dict[str, object]:

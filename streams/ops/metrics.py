@@ -44,6 +44,7 @@ STATE_EVENTS = (
     "dropped_in_flight",
     "replayed",
     "orphaned_temp_files_removed",
+    "checkpoints_refused_format",
 )
 
 
@@ -165,6 +166,13 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("lag", Gauge, "consumer_lag",
                "Records between the consumer position and the partition's high watermark.",
                ("topic", "partition")),
+    MetricSpec("partition_records", Counter, "partition_records",
+               "Input records of each assigned partition handled by a batch (replayed ones "
+               "included).", ("topic", "partition")),
+    MetricSpec("partition_waiting", Gauge, "partition_batches_waiting",
+               "Batches in a row that left out this partition although it had records waiting "
+               "(0 when it progresses); bounded by ceil(partitions / batch size).",
+               ("topic", "partition")),
     MetricSpec("assigned", Gauge, "partitions_assigned",
                "Input partitions currently assigned to this processor."),
     MetricSpec("rebalances", Counter, "rebalances",
@@ -259,6 +267,8 @@ class GridMetrics:
     dead_letters: Counter
     dropped: Counter
     lag: Gauge
+    partition_records: Counter
+    partition_waiting: Gauge
     assigned: Gauge
     rebalances: Counter
     state_events: Counter

@@ -149,6 +149,7 @@ class Monitor:
         self._lag_series: set[tuple[str, int]] = set()
         self._assignment: set[tuple[str, int]] = set()
         self._state_seen: dict[str, int] = {}
+        self._waiting: dict[tuple[str, int], int] = {}  # batches a partition was left out
         self._kafka_logger = logging.getLogger("gridstream.kafka")
         self.metrics.bind(
             health_level=self.health.level,
@@ -243,6 +244,8 @@ class Monitor:
             if (topic, partition) in self._lag_series:
                 self._lag_series.discard((topic, partition))
                 self.metrics.lag.remove(topic, str(partition))
+            if self._waiting.pop((topic, partition), None) is not None:
+                self.metrics.partition_waiting.remove(topic, str(partition))
         self.metrics.assigned.set(len(self._assignment))
         self.health.assigned(len(self._assignment))
 
@@ -289,6 +292,7 @@ class Monitor:
                 self.metrics.set_models(models)
             self._count(report)
             self._count_state(report.state_events)
+            self._count_partitions(report)
         except Exception:  # metrics must never stop the pipeline; the error is logged
             log.exception("updating metrics after a batch failed")
         self.health.batch_done()
@@ -335,6 +339,19 @@ class Monitor:
                 m.forecast_ape.observe_many(ape, horizon_s=str(horizon))
             m.forecasts_awaiting.set(awaiting)
         m.last_batch.set(report.published_ms / 1000.0)
+
+    def _count_partitions(self, report: BatchReport) -> None:
+        """Per-partition progress: records handled, batches left out while records waited."""
+        m = self.metrics
+        for (topic, partition), n in report.partitions.items():
+            m.partition_records.labels(topic, str(partition)).inc(n)
+        for tp in self._assignment:
+            if report.partitions.get(tp) or not report.buffered.get(tp):
+                waiting = 0
+            else:
+                waiting = self._waiting.get(tp, 0) + 1
+            self._waiting[tp] = waiting
+            m.partition_waiting.labels(tp[0], str(tp[1])).set(waiting)
 
     def _refresh_lag(self, consumer: Consumer) -> None:
         self._last_lag = self._monotonic()

@@ -38,3 +38,5 @@ class BatchReport:
     # forecast errors measured by the partition tasks (None: the monitor measures them itself)
     forecast_apes: dict[int, np.ndarray] | None = None
     forecasts_awaiting: int = 0
+    partitions: dict[tuple[str, int], int] = field(default_factory=dict)  # records in the batch
+    buffered: dict[tuple[str, int], int] = field(default_factory=dict)  # records left waiting

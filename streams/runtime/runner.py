@@ -17,6 +17,7 @@ import logging
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
@@ -37,6 +38,7 @@ from streams.ops.report import BatchReport
 from streams.runtime.batch import BatchStep, Consumed, Routing, RunStats
 from streams.runtime.delivery import Delivery, TopicRecords
 from streams.runtime.failpoints import Failpoints
+from streams.runtime.fairness import FairBuffer
 from streams.state.checkpoints import CheckpointStore
 from streams.state.recovery import PartitionStates
 from streams.state.tasks import TaskId, TaskSet
@@ -133,6 +135,7 @@ class StreamRunner:
         self._stop = threading.Event()
         self.assigned: set[tuple[str, int]] = set()
         self._watcher: ModelStoreWatcher | None = None
+        self._fair = FairBuffer(k.batch_size)
         self.commits_per_batch = True
         self.pause = _PausePartitions(self)
 
@@ -158,6 +161,7 @@ class StreamRunner:
         return Consumer(self.consumer_config()), TopicSink(Producer(self.producer_config()))
 
     def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+        self._fair.drop((p.topic, p.partition) for p in parts)  # fresh positions follow
         self.assigned.update((p.topic, p.partition) for p in parts)
         self.stats.counters["rebalances"] += 1
         committed = consumer.committed(parts, timeout=30) if parts else []
@@ -174,6 +178,7 @@ class StreamRunner:
     def _on_revoke(self, _consumer: Consumer, parts: list[TopicPartition]) -> None:
         # Offsets are committed synchronously after every batch, so nothing is pending here.
         revoked = [(p.topic, p.partition) for p in parts]
+        self._fair.drop(revoked)  # uncommitted: the next owner reads them from the commit
         self.states.revoke(revoked)
         self.assigned.difference_update(revoked)
         self.monitor.revoked(revoked)
@@ -216,8 +221,10 @@ class StreamRunner:
             if time.monotonic() >= next_model_poll:  # between batches: never mid-batch
                 self.reload_models()
                 next_model_poll = time.monotonic() + poll_s
-            msgs = consumer.consume(k.batch_size, k.batch_timeout_s)
+            ready = len(self._fair) >= k.batch_size  # a full batch waits: do not wait more
+            msgs = consumer.consume(self._fair.limit, 0.0 if ready else k.batch_timeout_s)
             self.monitor.polled(consumer, len(msgs))
+            msgs = self._fair_batch(consumer, msgs)
             if not msgs:
                 if not self.assigned:
                     last_input = time.monotonic()  # idle time counts from the assignment
@@ -226,6 +233,18 @@ class StreamRunner:
                 continue
             last_input = time.monotonic()
             self._process(msgs, stop)
+
+    def _fair_batch(self, consumer: Consumer, msgs: list[Message]) -> list[Message]:
+        """Errors as they came, then a batch with a fair share of every partition's records."""
+        errors = [m for m in msgs if m.error() is not None]
+        full = self._fair.add(m for m in msgs if m.error() is None)
+        if full:
+            consumer.pause([TopicPartition(t, p) for t, p in full])
+        batch = self._fair.take()
+        low = [tp for tp in self._fair.resumable() if tp in self.assigned]
+        if low:
+            consumer.resume([TopicPartition(t, p) for t, p in low])
+        return errors + batch
 
     def reload_models(self) -> bool:
         """Adopt a newly promoted model set from the store, if one is configured and changed.
@@ -274,6 +293,8 @@ class StreamRunner:
             lambda i: good[i].key(),
         )
         report = self.step.run(batch, self, stop)
+        report.partitions = dict(Counter(zip(batch.topics, batch.partitions, strict=True)))
+        report.buffered = {tp: self._fair.buffered(tp) for tp in self.assigned}
         self.monitor.batch_done(report, self._consumer)
         if self.on_batch is not None:
             self.on_batch(report)
@@ -336,7 +357,10 @@ class _PausePartitions:
     def release(self) -> None:
         consumer = self.runner._consumer
         assert consumer is not None
-        consumer.resume(consumer.assignment())
+        fair = self.runner._fair.paused  # those resume when their buffer drains
+        consumer.resume(
+            [tp for tp in consumer.assignment() if (tp.topic, tp.partition) not in fair]
+        )
 
 
 def _partitions(offsets: list[tuple[str, int, int]]) -> list[TopicPartition]:

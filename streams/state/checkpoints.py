@@ -15,8 +15,12 @@ starts (``remove_orphans``): at once if its writer ran on this host and is gone,
 it is older than any write could take (``ORPHAN_AFTER_S``): another host's writer may be alive.
 
 Layout: one JSON header line, then the payload: named sections end to end (``sections`` in the
-header gives their names and sizes): ``processor`` (the core's snapshot) and ``accuracy`` (the
-forecasts waiting for their actuals, an ``.npz`` of plain arrays).
+header gives their names and sizes): ``processor`` (the core's state, ``models.snapshot``: an
+``.npz`` of arrays with typed JSON metadata) and ``accuracy`` (the forecasts waiting for their
+actuals, an ``.npz`` of plain arrays). Nothing in a checkpoint is unpickled: format 1 and 2 files
+(whose core state was a pickle) and snapshots this version cannot restore exactly (other state
+columns or river version) raise ``CheckpointFormatError``, and the partition is rebuilt by
+replaying its log.
 """
 
 from __future__ import annotations
@@ -33,15 +37,20 @@ from pathlib import Path
 import numpy as np
 
 from models.processor import GridProcessor
+from models.snapshot import SnapshotError
 from streams.ops.accuracy import ForecastAccuracy
 from streams.state.tasks import TaskId
 
-FORMAT = 2
+FORMAT = 3  # 1, 2: core state pickled (refused); 3: core state as arrays + JSON
 ORPHAN_AFTER_S = 600.0  # a temp file this old is no write in progress, whoever made it
 
 
 class CheckpointError(Exception):
     """A checkpoint file exists but cannot be used (torn, tampered, other format)."""
+
+
+class CheckpointFormatError(CheckpointError):
+    """An intact checkpoint of another format or version: expected after an upgrade."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,8 +158,13 @@ class CheckpointStore:
             header = json.loads(line) if sep else None
         except ValueError:
             header = None
-        if not isinstance(header, dict) or header.get("format") != FORMAT:
-            raise CheckpointError(f"{path}: not a gridstream checkpoint of format {FORMAT}")
+        if not isinstance(header, dict) or not isinstance(header.get("format"), int):
+            raise CheckpointError(f"{path}: not a gridstream checkpoint")
+        if header["format"] != FORMAT:
+            raise CheckpointFormatError(
+                f"{path}: checkpoint format {header['format']}, this version reads {FORMAT}; "
+                "not loading it"
+            )
         if (header.get("topic"), header.get("partition")) != tuple(tid):
             raise CheckpointError(
                 f"{path}: holds {header.get('topic')}/{header.get('partition')}, "
@@ -168,6 +182,11 @@ class CheckpointStore:
             raise CheckpointError(f"{path}: sections do not add up to the payload")
         try:
             processor = GridProcessor.from_snapshot(sections["processor"])
+        except SnapshotError as exc:
+            raise CheckpointFormatError(f"{path}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - any decoding failure is a bad checkpoint
+            raise CheckpointError(f"{path}: cannot restore the state: {exc}") from exc
+        try:
             accuracy = None
             if "accuracy" in sections:
                 with np.load(io.BytesIO(sections["accuracy"]), allow_pickle=False) as npz:

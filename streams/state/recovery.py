@@ -20,7 +20,12 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from streams.state.checkpoints import Checkpoint, CheckpointError, CheckpointStore
+from streams.state.checkpoints import (
+    Checkpoint,
+    CheckpointError,
+    CheckpointFormatError,
+    CheckpointStore,
+)
 from streams.state.tasks import Task, TaskId, TaskSet
 
 log = logging.getLogger("gridstream.recovery")
@@ -136,6 +141,10 @@ class PartitionStates:
             return None
         try:
             checkpoint = self.store.load(tid)
+        except CheckpointFormatError as exc:  # an upgrade changed the state layout: replay
+            self.counters["checkpoints_refused_format"] += 1
+            log.warning("%s; rebuilding the partition by replay", exc)
+            return None
         except CheckpointError as exc:
             self.counters["checkpoint_errors"] += 1
             log.error("%s", exc)

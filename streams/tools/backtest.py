@@ -303,12 +303,13 @@ def backtest_frame(
     params: ProcessorParams | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     ensemble: NowcastEnsemble | None = None,
+    on_batch: Callable[[ReadingBatch, ProcessResult], None] | None = None,
     partitions: int = 1,
 ) -> tuple[pd.DataFrame, BacktestResult]:
     """Backtest the rows of a table of readings; returns the output table and the raw result."""
     values, contract = encode_rows(frame)
     result = backtest_values(values, [contract] * len(values), params, batch_size,
-                             ensemble=ensemble, partitions=partitions)
+                             on_batch=on_batch, ensemble=ensemble, partitions=partitions)
     id_column = "meter_id" if contract == METER else "asset_id"
     return result_columns(frame, result, id_column), result
 
@@ -342,10 +343,11 @@ def backtest_file(
     params: ProcessorParams | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     ensemble: NowcastEnsemble | None = None,
+    on_batch: Callable[[ReadingBatch, ProcessResult], None] | None = None,
     partitions: int = 1,
 ) -> BacktestResult:
     table, result = backtest_frame(
-        read_input(input_path), params, batch_size, ensemble, partitions
+        read_input(input_path), params, batch_size, ensemble, on_batch, partitions
     )
     write_output(table, output_path)
     return result

@@ -3,22 +3,22 @@
 Starts the embedded broker and embedded ClickHouse, replays a week of simulated telemetry with
 labelled anomalies through the real processor while showing live progress, then summarises:
 counts, detection against the injected labels, nowcast error against the actual readings, and
-example anomaly events. The ClickHouse data stays for ``gridstream query``.
+example anomaly events; then writes an interactive report (``demo-report.html`` beside the chDB
+data) and prints its path. The ClickHouse data stays for ``gridstream query``.
 """
 
 from __future__ import annotations
 
 import math
-import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import orjson
 
-from models.evaluation import HorizonError, Label, match_detections, median
+from models.evaluation import HorizonError, match_detections, median
 from schemas.accuracy import percentage_error
 from schemas.batch import AnomalyRecord
 from schemas.outputs import SEVERITIES
@@ -35,6 +35,8 @@ from streams.service import Assembly, build_service
 from streams.sim.generator import SimConfig
 from streams.sim.producer import SimStats, run_simulator
 from streams.tools.broker import EmbeddedBroker
+from streams.tools.report import ReportSummary
+from streams.tools.report_input import load_labels
 
 BACKFILL_DAYS = 7
 DETECTION_GRACE_MS = 3_600_000  # an event up to an hour after a labelled window still counts
@@ -88,6 +90,9 @@ def _demo_settings(base: Settings, bootstrap: str) -> Settings:
             "bootstrap_servers": bootstrap,
             "group_id": "gridstream-demo",
             "session_timeout_ms": 6000,
+            # one life on a fresh broker: nothing to rejoin, and the embedded broker holds a
+            # static member's JoinGroup and SyncGroup 3 s each (see Operations)
+            "static_membership": False,
             "partitions": 3,
             "batch_timeout_s": 0.1,
         }
@@ -112,7 +117,10 @@ def run_demo(
     stop = stop or threading.Event()
     write = (lambda s: print(s, flush=True)) if out is None else out  # type: ignore[assignment]
     started = time.time()
-    labels_file = Path(tempfile.mkstemp(prefix="gridstream-labels-", suffix=".jsonl")[1])
+    # kept beside the data, so `gridstream report --labels` can show the windows again
+    labels_file = Path(base.clickhouse.path).resolve().parent / "demo-labels.jsonl"
+    labels_file.parent.mkdir(parents=True, exist_ok=True)
+    labels_file.write_bytes(b"")
     with EmbeddedBroker() as broker:
         settings = _demo_settings(base, broker.bootstrap)
         ensure_topics(settings)
@@ -137,6 +145,7 @@ def run_demo(
         _show_progress(write, state, parts, stop, started, seconds)
         parts.finish(state, seconds)
         backend_summary = _clickhouse_counts(sink)
+        report = _report(backend, settings, state, labels_file, write)
         backend.close()
         if server is not None:
             server.stop()
@@ -144,8 +153,27 @@ def run_demo(
         raise parts.error[0]
     sim = parts.sim_result[0] if parts.sim_result else None
     _summary(write, state, sim, labels_file, backend_summary, time.time() - started, settings)
-    labels_file.unlink(missing_ok=True)
+    if report is not None:
+        write(f"\n{report.line()}\nopen it in a browser (it works offline): {report.path}")
+        write(f"again, or for other entities and times: gridstream report --since 8d --labels "
+              f"{labels_file} --output FILE")
     return 0
+
+
+def _report(backend: ChdbBackend, settings: Settings, state: DemoState, labels_file: Path,
+            write) -> ReportSummary | None:  # noqa: ANN001
+    """The demo's interactive report, from what it wrote to ClickHouse, next to the data."""
+    from streams.tools.report import write_report
+    from streams.tools.report_input import from_clickhouse
+
+    if state.first_ts is None:
+        return None
+    path = Path(settings.clickhouse.path).resolve().parent / "demo-report.html"
+    labels = load_labels(labels_file) if labels_file.exists() else []
+    inp = from_clickhouse(backend, settings.clickhouse.database, state.first_ts, labels=labels)
+    inp = replace(inp, title="gridstream demo",
+                  source=f"demo: simulated telemetry in {inp.source}")
+    return write_report(inp, path)
 
 
 class _Parts:
@@ -257,28 +285,6 @@ def _clickhouse_counts(sink: ClickHouseSink) -> dict[str, int]:
     return out
 
 
-def _load_labels(path: Path) -> list[Label]:
-    labels = []
-    for line in path.read_bytes().splitlines():
-        doc = orjson.loads(line)
-        labels.append(
-            Label(
-                doc["entity_id"],
-                doc["entity_kind"],
-                doc["kind"],
-                _ms(doc["start_ts"]),
-                _ms(doc["end_ts"]),
-            )
-        )
-    return labels
-
-
-def _ms(text: str) -> int:
-    from datetime import datetime
-
-    return int(datetime.fromisoformat(text).timestamp() * 1000)
-
-
 def _summary(
     write,
     state: DemoState,
@@ -302,7 +308,7 @@ def _summary(
         f"ClickHouse rows (FINAL): readings {ch['readings']:,}, forecasts {ch['forecasts']:,}, "
         f"anomalies {ch['anomalies']:,}, dead letters {ch['dead_letters']:,}"
     )
-    labels = _load_labels(labels_file) if labels_file.exists() else []
+    labels = load_labels(labels_file) if labels_file.exists() else []
     # Detection is judged from the fourth simulated day: the seasonal detector needs three days.
     scored_from = (state.first_ts or 0) + 3 * 86_400_000
     det = match_detections(state.events, labels, DETECTION_GRACE_MS, scored_from)

@@ -46,6 +46,9 @@ def make_settings(
             batch_size=500,
             batch_timeout_s=0.2,
             session_timeout_ms=6000,
+            # the embedded broker holds a static member's join and sync 3 s each; tests that
+            # need the default (static) turn it back on
+            static_membership=False,
         ),
         topics=TopicSettings(
             meter=f"meter-{unique}",

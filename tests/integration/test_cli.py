@@ -52,6 +52,12 @@ def test_demo_then_query(tmp_path: Path) -> None:
     assert produced > 0 and consumed == produced
     rows = int(re.search(r"anomalies ([\d,]+), dead letters", out).group(1).replace(",", ""))
     assert rows > 0
+    # it ends with the path of its report, written beside the data with the labels it shows
+    report = re.search(r"open it in a browser \(it works offline\): (\S+)\n", out)
+    assert report is not None and out.rstrip().endswith("--output FILE")
+    page = Path(report.group(1)).read_text()
+    assert page.startswith("<!doctype html>") and "Labelled windows" in page
+    assert (tmp_path / "demo-labels.jsonl").stat().st_size > 0
 
     query = subprocess.run(
         [*GRIDSTREAM, "query", "SELECT count() FROM anomalies FINAL"],

@@ -140,7 +140,7 @@ def test_versions_increase_and_an_existing_directory_is_never_overwritten(tmp_pa
         ({"artifacts": {"../x.pkl": 1}}, ArtifactError, "safe relative path"),
         ({"artifacts": {"/etc/x.pkl": 1}}, ArtifactError, "safe relative path"),
         ({"artifacts": {"manifest.json": b"{}"}}, ArtifactError, "safe relative path"),
-        ({"artifacts": {"w.npy": [1, 2]}}, ArtifactError, "needs a .pkl name"),
+        ({"artifacts": {"w.npy": [1, 2]}}, ArtifactError, "needs a .skops"),
     ],
 )
 def test_save_validates_everything_before_writing(
@@ -448,3 +448,49 @@ def test_watcher_survives_a_garbage_pointer(tmp_path: Path) -> None:
     later = T0 + timedelta(days=1)
     promote_if_better(store, _save(store, 0.5), now=later)  # the pointer is unusable: promoted
     assert watcher.poll() is not None and watcher.last_error is None
+
+
+# -- scikit-learn models without pickle (skops) -------------------------------------------------
+class _Foreign:
+    """A type no gridstream model consists of: a .skops file naming it is refused."""
+
+    def __init__(self) -> None:
+        self.payload = [1, 2, 3]
+
+
+def test_sklearn_models_round_trip_through_skops_exactly(tmp_path: Path) -> None:
+    from sklearn.ensemble import HistGradientBoostingRegressor, IsolationForest
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(300, 4))
+    gbm = HistGradientBoostingRegressor(loss="quantile", quantile=0.9, max_iter=15).fit(
+        x, x[:, 0] + rng.normal(size=300)
+    )
+    forest = IsolationForest(n_estimators=10, random_state=1).fit(x)
+    vdir = save_model_set(
+        tmp_path,
+        "gs",
+        {"gbm.skops": gbm, "forest.skops": forest},
+        feature_names=FEATURES,
+        horizons_s=(900,),
+        training_span=SPAN,
+        metrics={"validation_error": 1.0},
+    )
+    assert not (vdir / "gbm.skops").read_bytes().startswith(b"\x80")  # a zip, not a pickle
+    loaded = load_model_set(vdir)
+    np.testing.assert_array_equal(loaded["gbm.skops"].predict(x), gbm.predict(x))
+    np.testing.assert_array_equal(loaded["forest.skops"].score_samples(x), forest.score_samples(x))
+
+
+def test_a_skops_file_naming_a_type_outside_the_allowlist_is_refused(tmp_path: Path) -> None:
+    vdir = save_model_set(
+        tmp_path,
+        "gs",
+        {"odd.skops": _Foreign()},
+        feature_names=FEATURES,
+        horizons_s=(900,),
+        training_span=SPAN,
+        metrics={"validation_error": 1.0},
+    )
+    with pytest.raises(ArtifactError, match="_Foreign"):
+        load_model_set(vdir)

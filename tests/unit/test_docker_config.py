@@ -276,3 +276,38 @@ def test_dashboard_shows_what_the_issue_asks_and_panels_do_not_overlap(
         assert not area & cells, panel["title"]
         cells |= area
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+
+
+def test_the_entity_explorer_uses_the_provisioned_clickhouse_datasource(
+    compose: dict[str, Any],
+) -> None:
+    grafana = compose["services"]["grafana"]
+    plugin = grafana["environment"]["GF_INSTALL_PLUGINS"]
+    assert re.fullmatch(r"grafana-clickhouse-datasource \d+\.\d+\.\d+", plugin)  # pinned
+    provisioning = REPO / bind_mounts(grafana)["/etc/grafana/provisioning"]
+    (source,) = load_yaml(provisioning / "datasources/clickhouse.yml")["datasources"]
+    assert source["type"] == "grafana-clickhouse-datasource"
+    server = compose["services"]["clickhouse"]["environment"]
+    settings = source["jsonData"]
+    assert (settings["host"], settings["port"]) == ("clickhouse", 8123)
+    assert settings["protocol"] == "http"
+    assert settings["username"] == server["CLICKHOUSE_USER"]
+    assert settings["defaultDatabase"] == server["CLICKHOUSE_DB"]
+    # the password is read from the secret file at start-up, never written here
+    assert source["secureJsonData"]["password"] == "$__file{/run/secrets/clickhouse_password}"  # noqa: S105
+    assert "clickhouse_password" in grafana["secrets"] and "clickhouse" in grafana["depends_on"]
+    explorer = json.loads((DOCKER / "grafana/dashboards/gridstream-explorer.json").read_text())
+    sources = [v["datasource"] for v in explorer["templating"]["list"]]
+    sources += [a["datasource"] for a in explorer["annotations"]["list"]]
+    sources += [t["datasource"] for p in explorer["panels"] for t in p["targets"]]
+    assert {s["uid"] for s in sources} == {source["uid"]}
+    assert {s["type"] for s in sources} == {source["type"]}
+    assert "entity" in {v["name"] for v in explorer["templating"]["list"]}
+    assert {p["type"] for p in explorer["panels"]} >= {"timeseries", "heatmap", "table"}
+    cells: set[tuple[int, int]] = set()
+    for panel in explorer["panels"]:
+        g = panel["gridPos"]
+        xs, ys = range(g["x"], g["x"] + g["w"]), range(g["y"], g["y"] + g["h"])
+        area = {(x, y) for x in xs for y in ys}
+        assert g["x"] + g["w"] <= 24 and not area & cells, panel["title"]
+        cells |= area

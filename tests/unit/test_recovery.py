@@ -126,6 +126,55 @@ def test_a_checkpoint_carries_the_forecasts_waiting_for_their_actuals(
         np.testing.assert_array_equal(ck.accuracy.snapshot()[name], arr)
 
 
+class _RunsCode:
+    """What unpickling an old checkpoint could do: run code (here, write a file)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        return (Path.write_text, (self.marker, "code ran"))
+
+
+@pytest.mark.parametrize("old_format", [1, 2])
+def test_a_checkpoint_of_the_previous_pickle_format_is_refused_and_replayed(
+    tmp_path: Path, old_format: int
+) -> None:
+    import hashlib
+    import pickle
+
+    store = CheckpointStore(tmp_path, "g")
+    marker = tmp_path / "ran"
+    # exactly what the earlier writer put on disk: a JSON header line, then a pickle
+    blob = pickle.dumps({"format": 2, "params": ProcessorParams(), "state": _RunsCode(marker)})
+    header = {
+        "format": old_format,
+        "topic": A[0],
+        "partition": A[1],
+        "position": 40,
+        "created_ms": 1,
+        "sha256": hashlib.sha256(blob).hexdigest(),
+        "bytes": len(blob),
+    }
+    if old_format == 2:
+        header["sections"] = [["processor", len(blob)]]
+    store.path(A).write_bytes(json.dumps(header).encode() + b"\n" + blob)
+
+    states = PartitionStates(TaskSet(), store)
+    seeks = states.assign({A: 100})
+    assert seeks == {A: BEGINNING}  # the whole retained partition is replayed
+    assert states.counters["checkpoints_refused_format"] == 1
+    assert states.counters["resumed_from_replay"] == 1
+    assert states.counters["checkpoint_errors"] == 0  # an upgrade, not damage
+    assert not marker.exists()  # nothing was unpickled
+    # the next checkpoint of the partition is written in the current format and loads
+    task = states.tasks.tasks[A]
+    task.position = 100
+    states.checkpoint_all()
+    ck = store.load(A)
+    assert ck is not None and ck.position == 100
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip", "other_partition", "garbage"])
 def test_damaged_checkpoint_is_refused_not_unpickled(tmp_path: Path, damage: str) -> None:
     store = CheckpointStore(tmp_path, "g")

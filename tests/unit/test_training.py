@@ -133,7 +133,7 @@ def test_a_tampered_artifact_is_refused(store: Path, tmp_path: Path) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(store, copy)
     pointer = read_current(copy)
-    victim = next((copy / pointer.dir).glob("gbm_*.pkl"))  # type: ignore[union-attr]
+    victim = next((copy / pointer.dir).glob("gbm_*.skops"))  # type: ignore[union-attr]
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
@@ -170,7 +170,7 @@ def test_runner_hot_reloads_a_promoted_set_and_keeps_it_when_the_next_is_broken(
     # a newer promoted set whose file was damaged after promotion: the old one keeps serving
     bad = live / "nowcast-ensemble-99"
     shutil.copytree(live / pointer.dir, bad)  # type: ignore[union-attr]
-    victim = next(bad.glob("gbm_*.pkl"))
+    victim = next(bad.glob("gbm_*.skops"))
     victim.write_bytes(victim.read_bytes()[:-10])
     text = (live / "current.json").read_text().replace(pointer.dir, bad.name)  # type: ignore[union-attr]
     (live / "current.json").write_text(text)
@@ -268,3 +268,27 @@ def test_the_batch_anomaly_model_handles_nan_features() -> None:
     s = model.score(probe)
     assert np.all(np.isfinite(s)) and np.all((s >= 0.0) & (s <= 1.0))
     assert s[-1] > 0.5 > s[0]  # far outside the training cloud vs. its medians
+
+
+def test_a_set_written_before_skops_with_pickled_models_still_serves(
+    store: Path, tmp_path: Path
+) -> None:
+    from models.artifacts import load_model_set, save_model_set
+    from models.ensemble import NowcastEnsemble
+
+    pointer = read_current(store)
+    current = load_model_set(store / pointer.dir)  # type: ignore[union-attr]
+    assert any(name.endswith(".skops") for name in current.artifacts)  # new sets: no pickle
+    m = current.manifest
+    legacy = save_model_set(
+        tmp_path,
+        "legacy",
+        {name.replace(".skops", ".pkl"): obj for name, obj in current.artifacts.items()},
+        feature_names=m.feature_names,
+        horizons_s=m.horizons_s,
+        training_span=(m.training_span.start, m.training_span.end),
+        metrics=m.metrics,
+    )
+    old, new = NowcastEnsemble(load_model_set(legacy)), NowcastEnsemble(current)
+    for h in new.horizons:
+        assert [type(x) for x in old.models[h]] == [type(x) for x in new.models[h]]

@@ -38,3 +38,30 @@ def test_gc_policy_is_undone_after_the_loop() -> None:
         assert gc.get_freeze_count() > 0
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0
+
+
+def test_each_worker_has_a_stable_static_identity_of_group_host_and_index() -> None:
+    import socket
+
+    from streams.cli import _per_worker
+    from streams.config import KafkaSettings
+    from streams.runtime.runner import StreamRunner
+
+    settings = load_settings(
+        kafka=KafkaSettings(group_id="grid"), clickhouse=ClickHouseSettings(backend="none")
+    )
+    host = socket.gethostname()
+    assert StreamRunner(settings).consumer_config()["group.instance.id"] == f"grid-{host}"
+    worker = _per_worker(settings, 2)
+    assert worker.kafka.instance_id() == f"grid-{host}-2"
+    assert StreamRunner(worker).consumer_config()["group.instance.id"] == f"grid-{host}-2"
+    assert _per_worker(settings, 2).kafka.instance_id() == worker.kafka.instance_id()  # stable
+
+    named = settings.kafka.model_copy(update={"group_instance_id": "east-1"})
+    assert _per_worker(settings.model_copy(update={"kafka": named}), 0).kafka.instance_id() == (
+        "east-1-0"
+    )
+    dynamic = settings.kafka.model_copy(update={"static_membership": False})
+    off = settings.model_copy(update={"kafka": dynamic})
+    assert "group.instance.id" not in StreamRunner(off).consumer_config()
+    assert _per_worker(off, 1).kafka.instance_id() is None
