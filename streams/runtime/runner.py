@@ -311,9 +311,12 @@ class StreamRunner:
         if self._txn is None:
             self._topics.publish(records)
             return
+        offsets = _partitions(route.commit_offsets(self.assigned))
+        if not offsets and not any(recs for _, recs in records):
+            return  # a batch of replays only: nothing to publish, nothing to commit
         self._txn.publish(
             records,
-            _partitions(route.commit_offsets(self.assigned)),
+            offsets,
             self._consumer.consumer_group_metadata(),
             before_commit=lambda: self.failpoints.hit("before_commit"),
         )
