@@ -318,24 +318,34 @@ def test_seed_determinism(reference: tuple[ProcessorParams, GridProcessor, Flat]
 
 @pytest.mark.parametrize("how", ["snapshot", "pickle"])
 def test_resume_from_snapshot_or_pickle_continues_identically(
-    reference: tuple[ProcessorParams, GridProcessor, Flat], how: str
+    reference: tuple[ProcessorParams, Core, Flat], how: str
 ) -> None:
     params, proc, whole = reference
-    if isinstance(proc, TaskSetCore):
-        pytest.skip("a GridProcessor's own snapshot; tasks are checkpointed by streams.state")
     pieces = _splits("n_batches")
     half = len(pieces) // 2
-    first = GridProcessor(params)
+    first = make_core(kind_of(proc), params)
     results = [first.process_batch(b, NOW_MS) for b in pieces[:half]]
-    if how == "snapshot":
-        blob = first.snapshot()
+    resumed = _resumed(first, how)
+    assert resumed.entities == first.entities
+    results += [resumed.process_batch(b, NOW_MS) for b in pieces[half:]]
+    assert_same(whole, flatten(pieces, results), kind_of(proc))
+
+
+def _resumed(core: Core, how: str) -> Core:
+    """``core`` rebuilt from its snapshot (each partition task's, as checkpoints hold them) or a
+    pickle of it."""
+    if how == "pickle":
+        return pickle.loads(pickle.dumps(core))  # noqa: S301 - our own bytes
+    if isinstance(core, GridProcessor):
+        blob = core.snapshot()
         assert isinstance(blob, bytes)
         resumed = GridProcessor.from_snapshot(blob)
-    else:
-        resumed = pickle.loads(pickle.dumps(first))  # noqa: S301 - our own bytes
-    assert resumed.params == params and resumed.entities == first.entities
-    results += [resumed.process_batch(b, NOW_MS) for b in pieces[half:]]
-    assert_same(whole, flatten(pieces, results))
+        assert resumed.params == core.params
+        return resumed
+    again = TaskSetCore(core.params)
+    for tid, task in core.tasks.tasks.items():
+        again.tasks.adopt(tid, GridProcessor.from_snapshot(task.processor.snapshot()), -1)
+    return again
 
 
 def test_snapshot_of_another_format_is_refused() -> None:
