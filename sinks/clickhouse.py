@@ -34,6 +34,7 @@ from sinks.ddl import (
     Retention,
     Table,
     current_ttl,
+    quote_cluster,
     quote_database,
     render,
     ttl_expression,
@@ -49,7 +50,7 @@ from sinks.rows import (
     readings_table,
 )
 from sinks.table_format import format_table
-from sinks.views import VIEWS
+from sinks.views import ALL_VIEWS
 
 __all__ = [
     "ClickHouseSink",
@@ -77,6 +78,11 @@ class ClickHouseSink:
 
     ``retention`` sets the tables' TTLs at ``ensure_schema``; with ``store_readings=False`` the
     readings passed to ``write`` are ignored (the load and accuracy views then stay empty).
+    With ``cluster``, every DDL statement runs ``ON CLUSTER`` with replicated engines.
+
+    Privileges: ``ensure_schema`` (``gridstream migrate``) needs CREATE, ALTER, DROP VIEW, INSERT
+    and SELECT on the database; ``verify_schema`` and ``write`` (``run --no-migrate``) need only
+    INSERT on its tables (system tables show what a user has any grant on).
     The sink does not own the backend: whoever created the backend closes it.
     """
 
@@ -87,12 +93,16 @@ class ClickHouseSink:
         *,
         retention: Retention | None = None,
         store_readings: bool = True,
+        cluster: str | None = None,
     ) -> None:
         quote_database(database)  # fail at construction on a bad name, not at the first write
+        if cluster is not None:
+            quote_cluster(cluster)
         self.backend = backend
         self.database = database
         self.retention = retention or Retention()
         self.store_readings = store_readings
+        self.cluster = cluster
 
     def __repr__(self) -> str:
         return f"ClickHouseSink({self.backend!r}, database={self.database!r})"
@@ -114,7 +124,7 @@ class ClickHouseSink:
         ``schema_migrations``.
         """
         for statement in BOOTSTRAP:
-            self.backend.command(render(statement, self.database))
+            self._ddl(statement)
         current = self.schema_version()
         if current > LATEST_VERSION:
             log.warning(
@@ -127,7 +137,7 @@ class ClickHouseSink:
         pending = [m for m in MIGRATIONS if m.version > current]
         for migration in pending:
             for statement in migration.statements:
-                self.backend.command(render(statement, self.database))
+                self._ddl(statement)
         self.check_schema()
         for migration in pending:
             self.backend.command(
@@ -145,10 +155,19 @@ class ClickHouseSink:
                 self.database,
                 migration.description,
             )
-        for view in VIEWS:
-            self.backend.command(render(view.create_sql(), self.database))
+        for view in ALL_VIEWS:
+            self._ddl(view.create_sql())
         self.apply_retention()
         return max(current, LATEST_VERSION)
+
+    def verify_schema(self) -> None:
+        """Check, without changing anything, that the tables are what ``write`` inserts into:
+        the start of ``gridstream run --no-migrate``, for a user that may only INSERT.
+        ``SchemaMismatch`` names what differs; run ``gridstream migrate`` as an owner first."""
+        self.check_schema()
+
+    def _ddl(self, statement: str) -> None:
+        self.backend.command(render(statement, self.database, self.cluster))
 
     def _tables(self) -> dict[str, tuple[str, str, str]]:
         """name -> (engine, sorting key, engine_full) of every table and view in the database."""
@@ -177,7 +196,7 @@ class ClickHouseSink:
             found = _table_problems(spec, meta[:2] if meta else None, columns.get(spec.name, {}))
             if found:
                 problems[spec.name] = found
-        for view in VIEWS:
+        for view in ALL_VIEWS:
             meta = tables.get(view.name)
             if meta is not None and meta[0] != "View":
                 problems[view.name] = [
@@ -205,11 +224,13 @@ class ClickHouseSink:
             out[spec.name] = wanted
             if _norm(wanted) == _norm(found):
                 continue
-            target = render(f"{{db}}.`{spec.name}`", self.database)
+            alter = f"ALTER TABLE {{db}}.`{spec.name}`"
             if wanted is None:
-                self.backend.command(f"ALTER TABLE {target} REMOVE TTL")
+                self._ddl(f"{alter} REMOVE TTL")
             else:
-                self.backend.command(f"ALTER TABLE {target} MODIFY TTL {wanted}")
+                # Not materialised: existing parts are not rewritten at start; they expire as
+                # merges and part drops reach them (MATERIALIZE TTL at a quiet hour to force it).
+                self._ddl(f"{alter} MODIFY TTL {wanted} SETTINGS materialize_ttl_after_modify = 0")
             log.info("retention of %s.%s: %s -> %s", self.database, spec.name, found, wanted)
         return out
 
@@ -272,8 +293,8 @@ def _table_problems(
         return ["missing"]
     engine, key = meta
     problems = []
-    if engine != spec.engine_name:
-        problems.append(f"engine {engine}, expected {spec.engine_name}")
+    if not spec.accepts_engine(engine):
+        problems.append(f"engine {engine}, expected {spec.engine_name} (or Replicated/Shared)")
     if _norm(key) != _norm(spec.sorting_key):
         problems.append(f"ORDER BY ({key}), expected ({spec.sorting_key})")
     for name, typ in spec.column_types().items():

@@ -9,7 +9,8 @@ Choices, each for the runtime's retry loop and for operators:
 - No HTTP session: every statement names its database, so there is no server-side state to lose
   when a session expires or a balancer switches nodes, and one backend may serve several threads.
   ``USE db`` is honoured client-side (it sets the database sent with every request).
-- Inserts are Arrow with LZ4-compressed buffers and an ``insert_deduplication_token`` setting.
+- Inserts are Arrow with LZ4-compressed buffers and an ``insert_deduplication_token`` setting;
+  with ``async_insert`` also ``ASYNC_INSERT_SETTINGS``.
 - Times come back timezone-aware (``tz_mode="aware"``), like chDB's.
 - The password is a ``SecretStr``, shown as stars in ``repr`` and blanked out of every error.
 """
@@ -34,6 +35,16 @@ from sinks.clickhouse_common import (
 )
 from sinks.exceptions import QueryFailed, SinkError, SinkUnavailable
 
+# Many small writers: the server buffers inserts and writes fewer, larger parts. Waiting for the
+# flush keeps at-least-once (an insert is acknowledged once written); async_insert_deduplicate
+# keeps the insert tokens working on Replicated/Shared tables (on a plain MergeTree, async inserts
+# are not deduplicated: a replayed batch is then collapsed by the ReplacingMergeTree key instead).
+ASYNC_INSERT_SETTINGS: dict[str, int] = {
+    "async_insert": 1,
+    "wait_for_async_insert": 1,
+    "async_insert_deduplicate": 1,
+}
+
 _USE = re.compile(r"^\s*USE\s+`?([A-Za-z_][A-Za-z0-9_]*)`?\s*;?\s*$", re.I)
 
 
@@ -52,6 +63,7 @@ class ServerBackend:
         verify: bool = True,
         connect_timeout: float = 10.0,
         send_receive_timeout: float = 300.0,
+        async_insert: bool = False,
     ) -> None:
         if connect_timeout <= 0 or send_receive_timeout <= 0:
             raise ValueError("ClickHouse timeouts must be > 0 seconds")
@@ -64,6 +76,7 @@ class ServerBackend:
         self.verify = verify
         self.connect_timeout = connect_timeout
         self.send_receive_timeout = send_receive_timeout
+        self.async_insert = async_insert
         self._client: Any = None
         self._lock = threading.Lock()
 
@@ -158,9 +171,13 @@ class ServerBackend:
         self, database: str, table: str, data: pa.Table, *, dedup_token: str | None = None
     ) -> None:
         client = self.client()
-        settings = {"insert_deduplication_token": dedup_token} if dedup_token else None
+        settings: dict[str, Any] = (
+            {"insert_deduplication_token": dedup_token} if dedup_token else {}
+        )
+        if self.async_insert:
+            settings.update(ASYNC_INSERT_SETTINGS)
         try:
-            client.insert_arrow(table, data, database=database, settings=settings)
+            client.insert_arrow(table, data, database=database, settings=settings or None)
         except Exception as exc:
             raise self._wrap(exc, f"insert into {database}.{table}") from self._cause(exc)
 

@@ -8,9 +8,12 @@ they are applied at every start, from the code and the configuration.
 
 Keys follow how analysts ask: by entity and time range (every sorting key starts with
 ``entity_kind, entity_id`` and ends in time, so "feeders", "feeder f-7" and "f-7 last week" read
-a key range), by severity (a ``set`` skip index on ``anomalies.severity``). Times are
-``DateTime64(3, 'UTC')``; ids and kinds ``LowCardinality``; regular time columns ``DoubleDelta``
-and gauges ``Gorilla``, both under ZSTD.
+a key range). No skip index: a ``set`` index on ``anomalies.severity`` skipped almost nothing
+(every block of granules holds all three severities) and was dropped in version 3. Times are
+``DateTime64(3, 'UTC')``; entity ids ``String`` (a utility has millions: far past what
+``LowCardinality`` is for), kinds, units and names ``LowCardinality``; regular time columns
+``DoubleDelta`` and gauges ``Gorilla``, both under ZSTD. Partitioned tables set
+``ttl_only_drop_parts``: retention drops whole monthly parts instead of rewriting them.
 
 Idempotent writes, twice over:
 
@@ -43,7 +46,7 @@ is why version 1 is kept as the literal text it was released with.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sinks.exceptions import SinkConfigError
 
@@ -64,8 +67,40 @@ def quote_database(name: str) -> str:
     return f"`{name}`"
 
 
-def render(statement: str, database: str) -> str:
-    """A statement with ``{db}`` replaced by the quoted database name."""
+# DDL that ClickHouse runs on every node of a cluster with ``ON CLUSTER``: the clause goes right
+# after the object's name. INSERT and SELECT never take it.
+_DDL_HEAD = re.compile(
+    r"^(\s*(?:CREATE\s+DATABASE|CREATE\s+TABLE|CREATE\s+(?:OR\s+REPLACE\s+)?VIEW|"
+    r"CREATE\s+MATERIALIZED\s+VIEW|ALTER\s+TABLE|DROP\s+(?:TABLE|VIEW))"
+    r"(?:\s+IF\s+(?:NOT\s+)?EXISTS)?\s+\{db\}(?:\.`[^`]+`)?)",
+    re.I,
+)
+_PLAIN_ENGINE = re.compile(r"\bENGINE\s*=\s*(?=(?:Replacing|Aggregating|Summing)?MergeTree\b)")
+
+
+def quote_cluster(name: str) -> str:
+    if not _IDENTIFIER.match(name):
+        raise SinkConfigError(f"invalid ClickHouse cluster name {name!r}: use an identifier")
+    return f"`{name}`"
+
+
+def render(statement: str, database: str, cluster: str | None = None) -> str:
+    """A statement with ``{db}`` replaced by the quoted database name.
+
+    With ``cluster``, DDL gets ``ON CLUSTER`` and MergeTree engines become their ``Replicated``
+    form with the server's default replica path (``default_replica_path``/``_name``, by default
+    ``/clickhouse/tables/{uuid}/{shard}`` and ``{replica}``), so every replica holds every row.
+    Not needed on ClickHouse Cloud or in a ``Replicated`` database, which do both themselves.
+    """
+    if cluster is not None:
+        head = _DDL_HEAD.match(statement)
+        if head is not None:
+            statement = (
+                statement[: head.end()]
+                + f" ON CLUSTER {quote_cluster(cluster)}"
+                + statement[head.end() :]
+            )
+            statement = _PLAIN_ENGINE.sub("ENGINE = Replicated", statement)
     return statement.replace(DB, quote_database(database))
 
 
@@ -92,10 +127,20 @@ class Table:
     indexes: tuple[str, ...] = ()  # "name expr TYPE t GRANULARITY g"
     ttl_column: str | None = None  # the time a retention TTL counts from
     dedup_window: int = DEDUP_WINDOW
+    settings: tuple[str, ...] = ()  # further "name = value" table settings
 
     @property
     def engine_name(self) -> str:
         return self.engine.split("(", 1)[0]
+
+    def accepts_engine(self, found: str) -> bool:
+        """Is ``found`` this table's engine, or its replicated (``Replicated*``, on a cluster)
+        or shared (``Shared*``, ClickHouse Cloud) form? Their rows and keys behave the same."""
+        return found in (
+            self.engine_name,
+            f"Replicated{self.engine_name}",
+            f"Shared{self.engine_name}",
+        )
 
     @property
     def sorting_key(self) -> str:
@@ -111,11 +156,12 @@ class Table:
         partition = f"\nPARTITION BY {self.partition_by}" if self.partition_by else ""
         # One column without parentheses: ClickHouse would report "(version)" as the sorting key.
         key = self.sorting_key if len(self.order_by) == 1 else f"({self.sorting_key})"
-        settings = (
-            f"\nSETTINGS non_replicated_deduplication_window = {self.dedup_window}"
+        pairs = (
+            [f"non_replicated_deduplication_window = {self.dedup_window}"]
             if self.dedup_window
-            else ""
-        )
+            else []
+        ) + list(self.settings)
+        settings = f"\nSETTINGS {', '.join(pairs)}" if pairs else ""
         return (
             f"CREATE TABLE IF NOT EXISTS {DB}.`{self.name}` (\n    {body}\n)\n"
             f"ENGINE = {self.engine}{partition}\nORDER BY {key}{settings}"
@@ -160,11 +206,13 @@ _LC = "LowCardinality(String)"
 _TS_CODEC = "DoubleDelta, ZSTD"
 _FLOAT_CODEC = "Gorilla, ZSTD"
 _CHANNEL = "Nullable(Float64)"
+# Monthly partitions expire whole: retention drops parts instead of rewriting them row by row.
+_DROP_PARTS = "ttl_only_drop_parts = 1"
 
 READINGS = Table(
     name="readings",
     columns=(
-        Column("entity_id", _LC),
+        Column("entity_id", "String"),  # millions of meters: not LowCardinality
         Column("entity_kind", _LC),
         Column("ts", _TS, _TS_CODEC),
         Column("value", "Float64", _FLOAT_CODEC),  # active power: kW (meters) / MW (SCADA)
@@ -181,12 +229,13 @@ READINGS = Table(
     order_by=("entity_kind", "entity_id", "ts"),
     partition_by="toYYYYMM(ts)",
     ttl_column="ts",
+    settings=(_DROP_PARTS,),
 )
 
 FORECASTS = Table(
     name="forecasts",
     columns=(
-        Column("entity_id", _LC),
+        Column("entity_id", "String"),  # millions of meters: not LowCardinality
         Column("entity_kind", _LC),
         Column("issued_at", _TS, _TS_CODEC),
         Column("horizon_s", "UInt32"),
@@ -202,13 +251,14 @@ FORECASTS = Table(
     order_by=("entity_kind", "entity_id", "horizon_s", "issued_at"),
     partition_by="toYYYYMM(issued_at)",
     ttl_column="issued_at",
+    settings=(_DROP_PARTS,),
 )
 
 ANOMALIES = Table(
     name="anomalies",
     columns=(
         Column("event_id", "String"),
-        Column("entity_id", _LC),
+        Column("entity_id", "String"),  # millions of meters: not LowCardinality
         Column("entity_kind", _LC),
         Column("ts", _TS),
         Column("score", "Float64"),
@@ -223,14 +273,14 @@ ANOMALIES = Table(
     engine="ReplacingMergeTree(detected_at)",
     order_by=("entity_kind", "entity_id", "ts", "event_id"),
     partition_by="toYYYYMM(ts)",
-    indexes=("idx_severity severity TYPE set(3) GRANULARITY 4",),
     ttl_column="ts",
+    settings=(_DROP_PARTS,),
 )
 
 DRIFT_EVENTS = Table(
     name="drift_events",
     columns=(
-        Column("entity_id", _LC),
+        Column("entity_id", "String"),  # millions of meters: not LowCardinality
         Column("entity_kind", _LC),
         Column("ts", _TS),  # the reading time the drift was detected at
         Column("detector", _LC),  # e.g. "psi", "adwin", "page_hinkley"
@@ -242,6 +292,7 @@ DRIFT_EVENTS = Table(
     order_by=("entity_kind", "entity_id", "detector", "ts"),
     partition_by="toYYYYMM(ts)",
     ttl_column="ts",
+    settings=(_DROP_PARTS,),
 )
 
 DEAD_LETTERS = Table(
@@ -260,6 +311,74 @@ DEAD_LETTERS = Table(
     order_by=("source_topic", "source_partition", "source_offset"),
     ttl_column="dead_lettered_at",
 )
+
+# Rollups, filled by materialized views as rows are inserted, and read by the analyst views.
+# Their aggregate states are idempotent, so a replayed batch cannot double them, whatever its
+# batching and whether or not its insert token caught it: a set of (ts, value) points per entity
+# and hour (the processor never lets two values of one reading time into ``readings``: an exact
+# redelivery is dropped, another value is a dead letter), and sets of event ids and entities per
+# day, severity and kind. Sums and counts are computed from the sets when queried.
+_POINTS = f"AggregateFunction(groupUniqArray, Tuple({_TS}, Float64))"
+
+LOAD_HOURLY_AGG = Table(
+    name="load_hourly_agg",
+    columns=(
+        Column("entity_kind", _LC),
+        Column("entity_id", "String"),
+        Column("hour", "DateTime('UTC')"),
+        Column("unit", _LC),
+        Column("points", _POINTS),
+    ),
+    engine="AggregatingMergeTree",
+    order_by=("entity_kind", "entity_id", "hour", "unit"),
+    partition_by="toYYYYMM(hour)",
+    dedup_window=0,
+)
+
+ANOMALY_COUNTS_AGG = Table(
+    name="anomaly_counts_agg",
+    columns=(
+        Column("day", "Date"),
+        Column("severity", _LC),
+        Column("kind", "String"),
+        Column("events", "AggregateFunction(uniqExact, String)"),
+        Column("entities", "AggregateFunction(uniqExact, String)"),
+        Column("max_score", "SimpleAggregateFunction(max, Float64)"),
+    ),
+    engine="AggregatingMergeTree",
+    order_by=("day", "severity", "kind"),
+    partition_by="toYYYYMM(day)",
+    dedup_window=0,
+)
+
+# The top explanation feature of an anomaly (``sinks.views`` names it "kind").
+ANOMALY_KIND = (
+    "if(JSONLength(explanation) > 0, JSONExtractString(explanation, 1, 'feature'), 'unexplained')"
+)
+_LOAD_ROLLUP_SELECT = (
+    "SELECT entity_kind, entity_id, toStartOfHour(ts) AS hour, unit, "
+    "groupUniqArrayState((ts, value)) AS points FROM {src} WHERE isFinite(value) "
+    "GROUP BY entity_kind, entity_id, hour, unit"
+)
+_ANOMALY_ROLLUP_SELECT = (
+    f"SELECT toDate(ts) AS day, severity, {ANOMALY_KIND} AS kind, "
+    "uniqExactState(event_id) AS events, "
+    "uniqExactState(concat(entity_kind, '/', entity_id)) AS entities, max(score) AS max_score "
+    "FROM {src} GROUP BY day, severity, kind"
+)
+
+
+def _rollup(table: Table, select: str, source: str) -> tuple[str, ...]:
+    """The rollup table, its materialized view, and a backfill from what the source holds
+    (idempotent like the states: running the migration again adds nothing)."""
+    mv = f"{table.name}_mv"
+    return (
+        table.create_sql(),
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {DB}.`{mv}` TO {DB}.`{table.name}` AS "
+        + select.format(src=f"{DB}.`{source}`"),
+        f"INSERT INTO {DB}.`{table.name}` " + select.format(src=f"{DB}.`{source}` FINAL"),
+    )
+
 
 # Bookkeeping, created before any migration so the current version can be read.
 SCHEMA_MIGRATIONS = Table(
@@ -314,6 +433,16 @@ def _dedup_window(table: Table) -> str:
     )
 
 
+# Version 2 as released: LowCardinality entity ids, a set(3) index on anomalies.severity (it
+# skipped almost nothing: every block of granules holds all three severities).
+_SEVERITY_INDEX_V2 = "idx_severity severity TYPE set(3) GRANULARITY 4"
+
+
+def _as_released_in_v2(table: Table) -> Table:
+    columns = tuple(replace(c, type=_LC) if c.name == "entity_id" else c for c in table.columns)
+    return replace(table, columns=columns, settings=())
+
+
 BOOTSTRAP: tuple[str, ...] = (f"CREATE DATABASE IF NOT EXISTS {DB}", _SCHEMA_MIGRATIONS_V1)
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -324,12 +453,38 @@ MIGRATIONS: tuple[Migration, ...] = (
             "readings, drift_events; insert deduplication windows; anomalies severity index"
         ),
         statements=(
-            READINGS.create_sql(),
-            DRIFT_EVENTS.create_sql(),
+            _as_released_in_v2(READINGS).create_sql(),
+            _as_released_in_v2(DRIFT_EVENTS).create_sql(),
             _dedup_window(FORECASTS),
             _dedup_window(ANOMALIES),
             _dedup_window(DEAD_LETTERS),
-            f"ALTER TABLE {DB}.`anomalies` ADD INDEX IF NOT EXISTS {ANOMALIES.indexes[0]}",
+            f"ALTER TABLE {DB}.`anomalies` ADD INDEX IF NOT EXISTS {_SEVERITY_INDEX_V2}",
+        ),
+    ),
+    Migration(
+        version=3,
+        description=(
+            "String entity ids; no severity skip index; partitions expire whole "
+            "(ttl_only_drop_parts)"
+        ),
+        statements=(
+            *(
+                f"ALTER TABLE {DB}.`{t.name}` MODIFY COLUMN `entity_id` String"
+                for t in (READINGS, FORECASTS, ANOMALIES, DRIFT_EVENTS)
+            ),
+            f"ALTER TABLE {DB}.`anomalies` DROP INDEX IF EXISTS idx_severity",
+            *(
+                f"ALTER TABLE {DB}.`{t.name}` MODIFY SETTING {_DROP_PARTS}"
+                for t in (READINGS, FORECASTS, ANOMALIES, DRIFT_EVENTS)
+            ),
+        ),
+    ),
+    Migration(
+        version=4,
+        description="rollups: load per entity and hour, anomaly counts per day (by views)",
+        statements=(
+            *_rollup(LOAD_HOURLY_AGG, _LOAD_ROLLUP_SELECT, READINGS.name),
+            *_rollup(ANOMALY_COUNTS_AGG, _ANOMALY_ROLLUP_SELECT, ANOMALIES.name),
         ),
     ),
 )
@@ -340,7 +495,10 @@ LATEST_VERSION = MIGRATIONS[-1].version
 DATA_TABLES: tuple[Table, ...] = (READINGS, FORECASTS, ANOMALIES, DRIFT_EVENTS, DEAD_LETTERS)
 
 # The shape every table has after the latest migration; the sink checks it at start.
-EXPECTED_TABLES: dict[str, Table] = {t.name: t for t in (*DATA_TABLES, SCHEMA_MIGRATIONS)}
+ROLLUP_TABLES: tuple[Table, ...] = (LOAD_HOURLY_AGG, ANOMALY_COUNTS_AGG)
+EXPECTED_TABLES: dict[str, Table] = {
+    t.name: t for t in (*DATA_TABLES, *ROLLUP_TABLES, SCHEMA_MIGRATIONS)
+}
 
 
 def ttl_expression(table: Table, days: int) -> str | None:

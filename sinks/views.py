@@ -39,7 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from schemas.accuracy import ACTUAL_TOLERANCE_S
-from sinks.ddl import DB
+from sinks.ddl import ANOMALY_KIND, DB
 
 MAPE_ALERT_PCT = 2.0
 
@@ -57,35 +57,38 @@ class View:
 
 # Hours as DateTime64: a plain DateTime reaches Python through Arrow as bare epoch seconds.
 _HOUR = "toDateTime64(toStartOfHour({}), 0, 'UTC')"
-_KIND = (
-    "if(JSONLength(explanation) > 0, JSONExtractString(explanation, 1, 'feature'), 'unexplained')"
-)
+_KIND = ANOMALY_KIND
 
 
 def _load(period: str, expr: str) -> str:
+    """Load per entity and period from the hourly rollup: its point sets merged per period."""
     return f"""
-SELECT entity_kind, entity_id, unit, {expr} AS {period},
-       count() AS readings,
-       min(value) AS min_load, avg(value) AS avg_load, max(value) AS max_load,
-       quantile(0.95)(value) AS p95_load
-FROM {DB}.readings FINAL
-WHERE isFinite(value)
-GROUP BY entity_kind, entity_id, unit, {period}"""
+SELECT entity_kind, entity_id, unit, {period},
+       length(v) AS readings,
+       arrayMin(v) AS min_load, arrayAvg(v) AS avg_load, arrayMax(v) AS max_load,
+       arrayReduce('quantile(0.95)', v) AS p95_load
+FROM (
+    SELECT entity_kind, entity_id, unit, {expr} AS {period},
+           arrayMap(p -> p.2, groupUniqArrayMerge(points)) AS v
+    FROM {DB}.load_hourly_agg
+    GROUP BY entity_kind, entity_id, unit, {period}
+)"""
 
 
 LOAD_HOURLY = View(
     "load_hourly",
     "per entity and UTC hour: min/avg/max/p95 active power",
-    _load("hour", _HOUR.format("ts")),
+    _load("hour", "toDateTime64(hour, 0, 'UTC')"),
 )
 LOAD_DAILY = View(
-    "load_daily", "per entity and UTC day: min/avg/max/p95 active power", _load("day", "toDate(ts)")
+    "load_daily",
+    "per entity and UTC day: min/avg/max/p95 active power",
+    _load("day", "toDate(hour)"),
 )
 
-FORECAST_ACCURACY = View(
-    "forecast_accuracy",
-    "every forecast with the actual reading at its target time, absolute and percentage error",
-    f"""
+
+def _accuracy(forecast_filter: str = "", reading_filter: str = "") -> str:
+    return f"""
 SELECT f.entity_kind AS entity_kind, f.entity_id AS entity_id, f.horizon_s AS horizon_s,
        f.issued_at AS issued_at, f.target_ts AS target_ts, r.ts AS actual_ts,
        f.p10 AS p10, f.p50 AS p50, f.p90 AS p90, r.value AS actual, f.unit AS unit,
@@ -96,38 +99,73 @@ SELECT f.entity_kind AS entity_kind, f.entity_id AS entity_id, f.horizon_s AS ho
 FROM (
     SELECT entity_kind, entity_id, horizon_s, issued_at, target_ts, p10, p50, p90, unit, model
     FROM {DB}.forecasts FINAL
-    WHERE isFinite(p50)
+    WHERE isFinite(p50){forecast_filter}
 ) AS f
 ASOF INNER JOIN (
     SELECT entity_kind, entity_id, ts, value
     FROM {DB}.readings FINAL
-    WHERE isFinite(value)
+    WHERE isFinite(value){reading_filter}
 ) AS r
 ON f.entity_kind = r.entity_kind AND f.entity_id = r.entity_id AND f.target_ts <= r.ts
-WHERE r.ts < f.target_ts + toIntervalSecond({ACTUAL_TOLERANCE_S})""",
-)
+WHERE r.ts < f.target_ts + toIntervalSecond({ACTUAL_TOLERANCE_S})"""
 
-FORECAST_MAPE_HOURLY = View(
-    "forecast_mape_hourly",
-    "per UTC hour of target time, entity kind and horizon: MAPE; above_2pct is the alert rule",
-    f"""
+
+def _mape(source: str) -> str:
+    return f"""
 SELECT {_HOUR.format("target_ts")} AS hour, entity_kind, horizon_s,
        count() AS forecasts, uniqExact(entity_id) AS entities,
        avg(pct_error) AS mape_pct, avg(abs_error) AS mae,
        avg(in_p10_p90) AS p10_p90_coverage,
        mape_pct > {MAPE_ALERT_PCT} AS above_2pct
-FROM {DB}.forecast_accuracy
-GROUP BY hour, entity_kind, horizon_s""",
+FROM {source}
+GROUP BY hour, entity_kind, horizon_s"""
+
+
+FORECAST_ACCURACY = View(
+    "forecast_accuracy",
+    "every forecast with the actual reading at its target time, absolute and percentage error",
+    _accuracy(),
+)
+
+FORECAST_MAPE_HOURLY = View(
+    "forecast_mape_hourly",
+    "per UTC hour of target time, entity kind and horizon: MAPE; above_2pct is the alert rule",
+    _mape(f"{DB}.forecast_accuracy"),
+)
+
+# The same questions over a range of target times, as parameterised views:
+#   SELECT * FROM forecast_mape_hourly_between(start = '2026-11-01', end = '2026-11-02')
+# Only forecasts issued in [start - MAX_HORIZON_DAYS, end) and readings in [start, end + the
+# tolerance) are read (partitions outside are pruned), so the join's memory follows the range,
+# not the table: the unbounded views above hold every reading of the table in memory.
+MAX_HORIZON_DAYS = 7
+_START, _END = "{start:DateTime64(3, 'UTC')}", "{end:DateTime64(3, 'UTC')}"
+_RANGE_FORECASTS = (
+    f" AND target_ts >= {_START} AND target_ts < {_END}"
+    f" AND issued_at >= {_START} - toIntervalDay({MAX_HORIZON_DAYS}) AND issued_at < {_END}"
+)
+_RANGE_READINGS = f" AND ts >= {_START} AND ts < {_END} + toIntervalSecond({ACTUAL_TOLERANCE_S})"
+
+FORECAST_ACCURACY_BETWEEN = View(
+    "forecast_accuracy_between",
+    "forecast_accuracy for target times in [start, end): parameters start, end",
+    _accuracy(_RANGE_FORECASTS, _RANGE_READINGS),
+)
+
+FORECAST_MAPE_HOURLY_BETWEEN = View(
+    "forecast_mape_hourly_between",
+    "forecast_mape_hourly for target times in [start, end): parameters start, end",
+    _mape(f"({_accuracy(_RANGE_FORECASTS, _RANGE_READINGS)})"),
 )
 
 ANOMALY_COUNTS_DAILY = View(
     "anomaly_counts_daily",
     "per UTC day, severity and kind (top explanation feature): anomaly events and entities",
     f"""
-SELECT toDate(ts) AS day, severity, {_KIND} AS kind,
-       count() AS anomalies, uniqExact(entity_kind, entity_id) AS entities,
-       max(score) AS max_score
-FROM {DB}.anomalies FINAL
+SELECT day, severity, kind,
+       uniqExactMerge(events) AS anomalies, uniqExactMerge(entities) AS entities,
+       max(max_score) AS max_score
+FROM {DB}.anomaly_counts_agg
 GROUP BY day, severity, kind""",
 )
 
@@ -172,3 +210,6 @@ VIEWS: tuple[View, ...] = (
     TOP_ANOMALOUS_ENTITIES,
     DEAD_LETTERS_DAILY,
 )
+# Parameterised (``start``, ``end``): queried as table functions, ``FROM v(start=..., end=...)``.
+RANGE_VIEWS: tuple[View, ...] = (FORECAST_ACCURACY_BETWEEN, FORECAST_MAPE_HOURLY_BETWEEN)
+ALL_VIEWS: tuple[View, ...] = (*VIEWS, *RANGE_VIEWS)

@@ -94,6 +94,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from streams.service import Assembly, build_service
 
     port = getattr(args, "http_port", None)
+    if getattr(args, "no_migrate", False):  # the CLI edge: workers inherit it with the env
+        os.environ["GRIDSTREAM_CLICKHOUSE__MIGRATE"] = "false"
     settings = load_settings(args.config, **({} if port is None else {"http_port": port}))
     workers = getattr(args, "workers", 1)
     check_workers(settings, workers)
@@ -117,7 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         m = service.monitor
         server = start_http_server(settings.http_port, m.health, m.registry, m.models)
     try:
-        service.ensure_schema()
+        service.ensure_schema(settings.clickhouse.migrate)
         _log_start(settings, engine)
         with gc_policy():  # after start-up: what it allocated is frozen out of the GC's sight
             stats = service.engine.run(stop)
@@ -165,6 +167,24 @@ def cmd_health(args: argparse.Namespace) -> int:
     return probe(f"http://127.0.0.1:{port}/health") if port else 1
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Apply the schema as its owner, so processors can run with INSERT rights only."""
+    from streams.runtime.wiring import clickhouse_sink
+
+    settings = _settings(args)
+    _setup_logging(settings.log_level, settings.log_format, _secrets(settings))
+    sink = clickhouse_sink(settings)
+    if sink is None:
+        raise ConfigError("GRIDSTREAM_CLICKHOUSE__BACKEND is 'none': there is nothing to migrate")
+    try:
+        version = sink.ensure_schema()
+    finally:
+        sink.backend.close()
+    where = f" on cluster {settings.clickhouse.cluster}" if settings.clickhouse.cluster else ""
+    print(f"ClickHouse database {settings.clickhouse.database}{where}: schema version {version}")
+    return 0
+
+
 def cmd_query(args: argparse.Namespace) -> int:
     from sinks.table_format import format_table
     from streams.runtime.wiring import clickhouse_backend
@@ -173,8 +193,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     backend = clickhouse_backend(settings)
     if backend is None:
         raise ConfigError("GRIDSTREAM_CLICKHOUSE__BACKEND is 'none': there is nothing to query")
-    try:
-        backend.command(f"CREATE DATABASE IF NOT EXISTS `{settings.clickhouse.database}`")
+    try:  # no DDL: an analyst's read-only user may run this
         backend.command(f"USE `{settings.clickhouse.database}`")
         result = backend.query(args.sql)
         print(format_table(result.column_names, result.rows, max_rows=args.max_rows))
@@ -188,7 +207,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     from streams.runtime.runner import ensure_topics
     from streams.sim.generator import SimConfig
-    from streams.sim.producer import run_simulator
+    from streams.sim.producer import newest_reading_ms, run_simulator
 
     settings = _settings(args)
     _setup_logging(settings.log_level, settings.log_format)
@@ -202,6 +221,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     config = SimConfig(meters=args.meters, assets=args.assets, seed=args.seed)
     now_ms = int(time.time() * 1000)
     start_ms = now_ms - int(args.backfill_hours * 3_600_000)
+    if args.resume:
+        newest = newest_reading_ms(
+            settings.kafka.client_config(), [settings.topics.meter, settings.topics.scada]
+        )
+        if newest is not None and newest >= start_ms:
+            start_ms = min(newest + 1, now_ms)
+            print(f"resuming after the newest reading in the topics ({newest} ms)", flush=True)
     print(
         f"simulating {args.meters} meters and {args.assets} SCADA assets into "
         f"{settings.topics.meter} / {settings.topics.scada} on "
@@ -284,6 +310,7 @@ HANDLERS = {
     "simulate": cmd_simulate,
     "broker": cmd_broker,
     "health": cmd_health,
+    "migrate": cmd_migrate,
     "query": cmd_query,
     "backtest": cmd_backtest,
     "report": cmd_report,

@@ -34,6 +34,12 @@ def add_run(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help="only check the ClickHouse schema, never change it (a user with INSERT rights "
+        "suffices; run `gridstream migrate` first); same as GRIDSTREAM_CLICKHOUSE__MIGRATE=false",
+    )
+    p.add_argument(
         "--engine",
         choices=["native", "faust"],
         default="native",
@@ -61,6 +67,12 @@ def add_simulate(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=0.0,
         help="start this far in the past and catch up at --speed",
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="start after the newest reading already in the input topics, so a restart continues "
+        "the stream instead of producing the backfill again",
+    )
     p.add_argument("--seconds", type=float, default=None, help="stop after this long")
     p.add_argument(
         "--speed",
@@ -86,6 +98,12 @@ def add_health(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "health", help="probe /health on the configured port: 0 ok/degraded, 1 otherwise"
     )
     return p
+
+
+def add_migrate(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        "migrate", help="create or migrate the ClickHouse schema, views and retention, then exit"
+    )
 
 
 def add_query(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -202,6 +220,7 @@ COMMANDS = (
     add_simulate,
     add_broker,
     add_health,
+    add_migrate,
     add_query,
     add_backtest,
     add_report,

@@ -210,6 +210,22 @@ class ClickHouseSettings(_Section):
     connect_timeout_s: float = Field(10.0, gt=0, description="server connect timeout")
     send_receive_timeout_s: float = Field(60.0, gt=0, description="server request timeout")
     store_readings: bool = Field(True, description="write valid readings (load/accuracy views)")
+    migrate: bool = Field(
+        True,
+        description="apply the schema at start; false (`run --no-migrate`) only checks it, so the "
+        "processor can run as a user with INSERT rights only (`gridstream migrate` applies it)",
+    )
+    cluster: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$",
+        description="run the schema's DDL ON CLUSTER this cluster, with Replicated engines "
+        "(not for ClickHouse Cloud or a Replicated database, which replicate by themselves)",
+    )
+    async_insert: bool = Field(
+        False,
+        description="server: insert with async_insert (the server batches many small writers' "
+        "inserts into fewer parts) and wait_for_async_insert (acknowledged once written)",
+    )
     readings_ttl_days: int = Field(90, ge=0, le=36_500, description="0 keeps rows forever")
     forecasts_ttl_days: int = Field(90, ge=0, le=36_500, description="0 keeps rows forever")
     anomalies_ttl_days: int = Field(0, ge=0, le=36_500, description="0 keeps rows forever")

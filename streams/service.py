@@ -54,10 +54,14 @@ class Service:
     sink: ClickHouseSink | None
     engine: Engine  # a StreamRunner, or a FaustEngine under ``--engine faust``
 
-    def ensure_schema(self) -> None:
-        """Apply the ClickHouse schema (the engines expect it) and tell /health it is reachable."""
+    def ensure_schema(self, migrate: bool = True) -> None:
+        """Apply the ClickHouse schema (or, without ``migrate``, only check it: an INSERT-only
+        user suffices) and tell /health it is reachable."""
         if self.sink is not None:
-            self.sink.ensure_schema()
+            if migrate:
+                self.sink.ensure_schema()
+            else:
+                self.sink.verify_schema()
             self.monitor.health.clickhouse_connected()
 
 

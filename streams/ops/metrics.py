@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import get_args
 
 import numpy as np
 from prometheus_client import (
@@ -24,6 +25,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
+
+from schemas.outputs import ErrorClass
 
 NAMESPACE = "gridstream"
 
@@ -156,9 +159,10 @@ METRICS: tuple[MetricSpec, ...] = (
                "Records consumed from an input topic (valid or dead-lettered).", ("topic",)),
     MetricSpec("produced", Counter, "records_produced",
                "Records published to an output topic and acknowledged by the broker.", ("topic",)),
+    # every reason at 0 from the start, so a first flood is a rate
     MetricSpec("dead_letters", Counter, "dead_letters",
                "Consumed records sent to the dead-letter topic, by reason (error class).",
-               ("reason",)),
+               ("reason",), preset=_each(*get_args(ErrorClass))),
     MetricSpec("dropped", Counter, "readings_dropped",
                "Readings dropped without a dead letter (exact redeliveries), by reason.",
                ("reason",), preset=_each("duplicate")),
@@ -182,6 +186,11 @@ METRICS: tuple[MetricSpec, ...] = (
                "Partition state: checkpoints written, resumes by source (checkpoint, memory, "
                "replay of the whole partition, cold), checkpoint errors, and input records "
                "replayed to rebuild state.", ("event",), preset=_each(*STATE_EVENTS)),
+    # One unlabelled series, present from the start: a rule sees the very first error (a series
+    # born with its first increment shows no increase); names are in kafka_errors.
+    MetricSpec("consumer_errors", Counter, "consumer_errors",
+               "Errors of the consumer: messages returned by poll instead of records, and offset "
+               "commits left to the next batch (also counted, by error name, in kafka_errors)."),
     MetricSpec("kafka_errors", Counter, "kafka_errors",
                "Errors reported by the Kafka clients, by librdkafka error name.", ("error",)),
     # -- batches and stages
@@ -234,6 +243,9 @@ METRICS: tuple[MetricSpec, ...] = (
     # -- state of the process
     MetricSpec("health_status", Gauge, "health_status",
                "Health of the processor: 0 ok, 1 degraded, 2 critical (see GET /health)."),
+    MetricSpec("model_store_failing", Gauge, "model_store_failing",
+               "1 while the model store's newest promoted set is refused (unreadable, unverified "
+               "or not fitting) and the previous set serves; 0 otherwise."),
     MetricSpec("models_loaded", Gauge, "models_loaded", "Models in the loaded model set."),
     MetricSpec("model_info", Gauge, "model_info",
                "One series per loaded model, with its version; the value is always 1.",

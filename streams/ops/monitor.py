@@ -256,6 +256,7 @@ class Monitor:
 
     def consumer_error(self, err: KafkaError) -> None:
         self.metrics.kafka_errors.labels(err.name()).inc()
+        self.metrics.consumer_errors.inc()
         if err.code() in _AUTH_ERRORS:
             self.health.kafka_failed(f"{err.name()}: {err.str()}")
 
@@ -274,6 +275,7 @@ class Monitor:
             self.health.output_ok(sink)
 
     def models_status(self, error: str | None) -> None:
+        self.metrics.model_store_failing.set(0 if error is None else 1)
         self.health.models_status(error)
 
     def _count_state(self, totals: dict[str, int]) -> None:

@@ -20,7 +20,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from models.ensemble import NowcastEnsemble
@@ -44,6 +51,19 @@ from streams.state.recovery import PartitionStates
 from streams.state.tasks import TaskId, TaskSet
 
 log = logging.getLogger("gridstream.runner")
+
+# Commit errors that mean "not now": the group coordinator or the broker is unreachable.
+_RETRY_COMMIT = frozenset(
+    {
+        KafkaError._WAIT_COORD,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._TIMED_OUT,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.REQUEST_TIMED_OUT,
+    }
+)
 
 __all__ = ["RunStats", "StreamRunner", "ensure_topics", "as_task_set"]
 
@@ -328,10 +348,28 @@ class StreamRunner:
             self.failpoints.hit("before_commit")
             offsets = _partitions(route.commit_offsets(self.assigned))
             if offsets:
-                self._consumer.commit(offsets=offsets, asynchronous=False)
+                self._commit(offsets)
         self.failpoints.hit("after_commit")
         self.states.advance(route.positions)
         self.states.checkpoint_one_due()
+
+    def _commit(self, offsets: list[TopicPartition]) -> None:
+        """Commit, or leave it to the next batch when the broker cannot take it now.
+
+        Commits are cumulative: the next successful one covers these offsets, and until then a
+        restart replays the batch, which every output absorbs. A broker that went away (no
+        coordinator, transport down) must not end the processor; a fatal error still does.
+        """
+        assert self._consumer is not None
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if err is None or err.fatal() or not (err.retriable() or err.code() in _RETRY_COMMIT):
+                raise
+            self.stats.counters["commit_failures"] += 1
+            self.monitor.consumer_error(err)
+            log.warning("offset commit failed, left to the next batch: %s", err.str())
 
     def state_events(self) -> dict[str, int]:
         return {**self.states.counters, "replayed": self.stats.counters["replayed"]}

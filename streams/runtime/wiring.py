@@ -25,6 +25,7 @@ def clickhouse_backend(settings: Settings) -> ClickHouseBackend | None:
         verify=ch.verify,
         connect_timeout=ch.connect_timeout_s,
         send_receive_timeout=ch.send_receive_timeout_s,
+        async_insert=ch.async_insert,
     )
 
 
@@ -46,4 +47,5 @@ def clickhouse_sink(settings: Settings, backend: ClickHouseBackend | None = None
     if backend is None:
         return None
     return ClickHouseSink(backend, settings.clickhouse.database, retention=retention(settings),
-                          store_readings=settings.clickhouse.store_readings)
+                          store_readings=settings.clickhouse.store_readings,
+                          cluster=settings.clickhouse.cluster)

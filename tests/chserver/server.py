@@ -11,6 +11,9 @@ socket (connection refused on the same port), ``hang()`` reads requests and neve
 ``fail(...)`` answers with an error without executing, ``lose_replies(n)`` executes and then drops
 the connection before the answer (an acknowledgement lost after the write), ``serve()`` heals.
 
+Users: the one given as ``username`` may do everything; ``users`` adds others whose privileges
+(DDL, INSERT, SELECT) the endpoint checks before executing (``tests.chserver.grants``).
+
 Not emulated: the native TCP protocol, ClickHouse's own ``compress=1``/``decompress=1`` block
 format, multipart form bodies (external data), temporary tables, progress headers, session
 expiry, readonly GET requests, TLS.
@@ -32,6 +35,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from sinks.clickhouse_backend import ChdbBackend
 from tests.chserver.engine import Answer, Engine
+from tests.chserver.grants import User, denial, needed
 from tests.chserver.protocol import (
     HttpError,
     choose_encoding,
@@ -61,6 +65,7 @@ class Seen:
     chunked: bool
     kind: str = ""
     sql: str = ""
+    user: str = ""
     status: int = 0
     response_encoding: str | None = None
 
@@ -206,7 +211,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, seen: Seen, params: dict[str, str], body: bytes) -> Answer:
         owner = self.server.owner
-        owner.authenticate(self.headers, params)
+        seen.user = owner.authenticate(self.headers, params)
         req = split_params(params)
         if req.transport.get("decompress") == "1" or req.transport.get("compress") == "1":
             raise HttpError(48, "ClickHouse's native compressed HTTP bodies are not emulated here")
@@ -215,6 +220,7 @@ class _Handler(BaseHTTPRequestHandler):
         text = (query.encode() + b"\n" + data) if query and data else (query.encode() or data)
         stmt = parse_statement(text)
         seen.kind, seen.sql = stmt.kind, stmt.sql[:500]
+        owner.authorize(seen.user, stmt.sql)
         sess = owner.engine.session(
             req.transport.get("session_id"), req.transport.get("session_check") == "1"
         )
@@ -268,10 +274,13 @@ class ChServer:
         username: str = "default",
         password: str = "",
         host: str = "127.0.0.1",
+        users: dict[str, User] | None = None,
     ) -> None:
         self.engine = Engine(backend)
         self.username = username
         self.password = password
+        # ``username`` may do everything; ``users`` adds others with some privileges (grants.py)
+        self.users = {username: User(password), **(users or {})}
         self.host = host
         self.port = 0
         self.seen: list[Seen] = []
@@ -371,16 +380,26 @@ class ChServer:
 
     # -- auth
 
-    def authenticate(self, headers: Any, params: dict[str, str]) -> None:
+    def authorize(self, user: str, sql: str) -> None:
+        """Refuse, as ClickHouse does (497), a statement ``user`` has no grant for."""
+        privilege = needed(sql)
+        if privilege is not None and privilege not in self.users[user].privileges:
+            raise HttpError(497, denial(user, privilege))
+
+    def authenticate(self, headers: Any, params: dict[str, str]) -> str:
+        """The user a request authenticates as; 516 for an unknown user or a wrong password."""
         user, password = params.get("user"), params.get("password")
         auth = headers.get("Authorization", "")
         if auth.startswith("Basic "):
             user, _, password = base64.b64decode(auth[6:]).decode().partition(":")
         elif headers.get("X-ClickHouse-User"):
             user, password = headers.get("X-ClickHouse-User"), headers.get("X-ClickHouse-Key", "")
-        if (user or "default") != self.username or (password or "") != self.password:
+        user = user or "default"
+        known = self.users.get(user)
+        if known is None or (password or "") != known.password:
             raise HttpError(
                 516,
-                f"{user or 'default'}: Authentication failed: password is incorrect, "
+                f"{user}: Authentication failed: password is incorrect, "
                 "or there is no user with such name. (AUTHENTICATION_FAILED)",
             )
+        return user

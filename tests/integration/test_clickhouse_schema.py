@@ -13,7 +13,7 @@ from sinks.clickhouse import ClickHouseSink
 from sinks.clickhouse_common import ClickHouseBackend
 from sinks.ddl import BOOTSTRAP, LATEST_VERSION, MIGRATIONS, Retention, render
 from sinks.exceptions import SchemaMismatch, SinkConfigError
-from sinks.views import VIEWS
+from sinks.views import ALL_VIEWS
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +51,7 @@ def _batch(n: int, t0: int = T0) -> ForecastBatch:
     )
 
 
-def test_a_version_1_database_migrates_to_2_with_its_rows(
+def test_a_version_1_database_migrates_to_the_latest_with_its_rows(
     ch_backend: ClickHouseBackend, database: str
 ) -> None:
     # Version 1 exactly as it was released, with rows written the version-1 way.
@@ -74,8 +74,8 @@ def test_a_version_1_database_migrates_to_2_with_its_rows(
     with pytest.raises(SchemaMismatch):
         sink.check_schema()  # readings, drift_events missing: version 1 is not what we write
 
-    assert sink.ensure_schema() == LATEST_VERSION == 2
-    assert sink.schema_version() == 2
+    assert sink.ensure_schema() == LATEST_VERSION == 4
+    assert sink.schema_version() == 4
     sink.check_schema()
     assert _scalar(ch_backend, f"SELECT count() FROM `{database}`.forecasts") == 1
     assert sink.query(f"SELECT kind, anomalies FROM `{database}`.anomaly_counts_daily").rows == [
@@ -85,10 +85,18 @@ def test_a_version_1_database_migrates_to_2_with_its_rows(
         assert "non_replicated_deduplication_window = 1000" in _engine_full(
             ch_backend, database, table
         ), table
+    for table in ("forecasts", "anomalies", "readings", "drift_events"):
+        assert "ttl_only_drop_parts = 1" in _engine_full(ch_backend, database, table), table
     indexes = sink.query(
         f"SELECT name FROM system.data_skipping_indices WHERE database = '{database}'"
     ).rows
-    assert indexes == [("idx_severity",)]
+    assert indexes == []  # version 2's set(3) on severity skipped nothing; version 3 drops it
+    types = sink.query(
+        f"SELECT DISTINCT type FROM system.columns WHERE database = '{database}' "
+        "AND name = 'entity_id'"
+    ).rows
+    assert types == [("String",)]
+    assert sink.query(f"SELECT entity_id FROM `{database}`.forecasts").rows == [("m-9",)]
     # the old rows are deduplicated against new writes like any others
     sink.write(_batch(3), [], [], now_ms=T0)
     sink.write(_batch(3), [], [], now_ms=T0 + 1)
@@ -161,7 +169,7 @@ def test_views_are_recreated_from_the_code_at_every_start(
         f"SELECT name, engine, comment FROM system.tables WHERE database = '{database}' "
         "AND engine = 'View' ORDER BY name"
     ).rows
-    assert [n for n, _, _ in names] == sorted(v.name for v in VIEWS)
+    assert [n for n, _, _ in names] == sorted(v.name for v in ALL_VIEWS)
     assert all(comment for _, _, comment in names)  # each says what it answers
     cols = sink.query(f"SELECT * FROM `{database}`.load_daily LIMIT 0").column_names
     assert "p95_load" in cols

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -14,7 +17,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from schemas.outputs import LabelledAnomaly
-from schemas.readings import MeterReading, ScadaReading
+from schemas.readings import MeterReading, ScadaReading, epoch_ms
 from streams.sim.generator import SimConfig, TelemetrySimulator
 from streams.sim.producer import SimStats, run_simulator
 from streams.tools.broker import free_port
@@ -192,3 +195,37 @@ def test_undeliverable_records_are_counted_not_lost_silently() -> None:
     )
     assert stats.produced > 0 and stats.delivered == 0
     assert stats.delivery_errors == stats.produced and stats.errors
+
+
+def test_a_restarted_simulator_with_resume_continues_after_what_the_topics_hold(
+    bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    """The compose service restarts with --resume: no second backfill, no reading repeated."""
+    from tests.integration.helpers import read_all
+
+    meters, scada = f"meters-{unique}", f"scada-{unique}"
+    create_topics(bootstrap, meters, scada)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDSTREAM_")}
+    env.update(
+        GRIDSTREAM_KAFKA__BOOTSTRAP_SERVERS=bootstrap,
+        GRIDSTREAM_TOPICS__METER=meters,
+        GRIDSTREAM_TOPICS__SCADA=scada,
+        GRIDSTREAM_KAFKA__CREATE_TOPICS="false",
+    )
+    command = [
+        sys.executable, "-m", "streams.cli", "simulate", "--meters", "20", "--assets", "4",
+        "--backfill-hours", "12", "--seconds", "3", "--resume",
+    ]  # fmt: skip
+
+    def run() -> list[int]:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return sorted(epoch_ms(orjson.loads(m.value())["ts"]) for m in read_all(bootstrap, meters))
+
+    first = run()
+    assert first[-1] - first[0] >= 11 * HOUR  # the first start backfilled
+    second = run()
+    assert second[: len(first)] == first  # kept as they were
+    added = second[len(first) :]
+    assert all(ts > first[-1] for ts in added)  # nothing before where the first run stopped
+    assert len(added) < len(first) / 10  # a few seconds of real time, not 12 h again
