@@ -207,7 +207,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     from streams.runtime.runner import ensure_topics
     from streams.sim.generator import SimConfig
-    from streams.sim.producer import newest_reading_ms, run_simulator
+    from streams.sim.producer import run_simulator
+    from streams.sim.resume import newest_reading_ms
 
     settings = _settings(args)
     _setup_logging(settings.log_level, settings.log_format)

@@ -20,14 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 
-from confluent_kafka import (
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Message,
-    Producer,
-    TopicPartition,
-)
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from models.ensemble import NowcastEnsemble
@@ -43,6 +36,7 @@ from streams.config import Settings
 from streams.ops.monitor import NullMonitor, RunnerMonitor
 from streams.ops.report import BatchReport
 from streams.runtime.batch import BatchStep, Consumed, Routing, RunStats
+from streams.runtime.commits import commit_or_defer
 from streams.runtime.delivery import Delivery, TopicRecords
 from streams.runtime.failpoints import Failpoints
 from streams.runtime.fairness import FairBuffer
@@ -51,19 +45,6 @@ from streams.state.recovery import PartitionStates
 from streams.state.tasks import TaskId, TaskSet
 
 log = logging.getLogger("gridstream.runner")
-
-# Commit errors that mean "not now": the group coordinator or the broker is unreachable.
-_RETRY_COMMIT = frozenset(
-    {
-        KafkaError._WAIT_COORD,
-        KafkaError._TRANSPORT,
-        KafkaError._ALL_BROKERS_DOWN,
-        KafkaError._TIMED_OUT,
-        KafkaError.COORDINATOR_NOT_AVAILABLE,
-        KafkaError.NOT_COORDINATOR,
-        KafkaError.REQUEST_TIMED_OUT,
-    }
-)
 
 __all__ = ["RunStats", "StreamRunner", "ensure_topics", "as_task_set"]
 
@@ -133,21 +114,29 @@ class StreamRunner:
         store = CheckpointStore(p.state_dir, k.group_id) if p.state_dir else None
         self.states = PartitionStates(self.processor, store, p.checkpoint_interval_s)
         self.exactly_once = k.processing_guarantee == "exactly_once"
-        self.transactional_id = transactional_id or k.default_transactional_id(
-            socket.gethostname()
-        )
+        self.transactional_id = transactional_id or k.default_transactional_id(socket.gethostname())
         self.failpoints = failpoints or Failpoints({})
         self.clickhouse = clickhouse
         self.on_batch = on_batch
         self.monitor: RunnerMonitor = monitor or NullMonitor()
         self.stats = RunStats()
         delivery = Delivery(
-            k.processing_guarantee, settings.topics, clickhouse, self.monitor,
-            self.stats.counters, self.failpoints, max_backoff_s,
+            k.processing_guarantee,
+            settings.topics,
+            clickhouse,
+            self.monitor,
+            self.stats.counters,
+            self.failpoints,
+            max_backoff_s,
         )
         self.step = BatchStep(
-            settings.topics, p, self.processor, delivery, self.stats,
-            clock=clock, failpoints=self.failpoints,
+            settings.topics,
+            p,
+            self.processor,
+            delivery,
+            self.stats,
+            clock=clock,
+            failpoints=self.failpoints,
         )
         self._consumer: Consumer | None = None
         self._topics: TopicSink | None = None
@@ -354,22 +343,11 @@ class StreamRunner:
         self.states.checkpoint_one_due()
 
     def _commit(self, offsets: list[TopicPartition]) -> None:
-        """Commit, or leave it to the next batch when the broker cannot take it now.
-
-        Commits are cumulative: the next successful one covers these offsets, and until then a
-        restart replays the batch, which every output absorbs. A broker that went away (no
-        coordinator, transport down) must not end the processor; a fatal error still does.
-        """
         assert self._consumer is not None
-        try:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
-        except KafkaException as exc:
-            err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-            if err is None or err.fatal() or not (err.retriable() or err.code() in _RETRY_COMMIT):
-                raise
+        err = commit_or_defer(self._consumer, offsets)
+        if err is not None:
             self.stats.counters["commit_failures"] += 1
             self.monitor.consumer_error(err)
-            log.warning("offset commit failed, left to the next batch: %s", err.str())
 
     def state_events(self) -> dict[str, int]:
         return {**self.states.counters, "replayed": self.stats.counters["replayed"]}

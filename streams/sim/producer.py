@@ -13,24 +13,19 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-import orjson
 from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
     KafkaError,
     KafkaException,
     Message,
     Producer,
-    TopicPartition,
 )
 
 from schemas.exceptions import GridstreamError
-from schemas.readings import epoch_ms
 from streams.sim.generator import SimBatch, SimConfig, TelemetrySimulator
 
 log = logging.getLogger(__name__)
@@ -346,75 +341,3 @@ def _write_labels(
         for label, line in zip(batch.labels, lines, strict=True):
             _send(producer, labels_topic, line, label.entity_id.encode())
     totals["labels"] += len(lines)
-
-
-def newest_reading_ms(
-    client_config: Mapping[str, object],
-    topics: Sequence[str],
-    *,
-    tail: int = 2000,
-    timeout_s: float = 30.0,
-) -> int | None:
-    """The newest ``ts`` (epoch ms) among the last ``tail`` records of every partition of
-    ``topics``, or None when they hold no reading (or do not exist).
-
-    A restarted simulator starts after it (``gridstream simulate --resume``), so a restart
-    continues the stream instead of producing its backfill again (every record of which would be
-    a duplicate or out of order for the processor, and a dead letter). Reading starts ``tail``
-    records below the high watermark and goes on to the end of each partition, so a broker
-    whose watermark undercounts (the embedded one counts batches) only costs more reading.
-    """
-    consumer = Consumer(
-        {
-            **client_config,
-            "group.id": f"gridstream-simulate-resume-{time.time_ns()}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
-    )
-    newest: int | None = None
-    try:
-        assignment: list[TopicPartition] = []
-        for topic in topics:
-            meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-            if meta is None or meta.error is not None:
-                continue
-            for partition in meta.partitions:
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=timeout_s
-                )
-                if high <= low:
-                    continue
-                start = max(low, high - tail) if high > 0 else OFFSET_BEGINNING
-                assignment.append(TopicPartition(topic, partition, start))
-        if not assignment:
-            return None
-        consumer.assign(assignment)
-        open_parts = {(tp.topic, tp.partition) for tp in assignment}
-        deadline = time.monotonic() + timeout_s
-        while open_parts and time.monotonic() < deadline:
-            for msg in consumer.consume(1000, 0.5):
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        open_parts.discard((msg.topic(), msg.partition()))
-                    continue
-                ts = _reading_ts(msg.value())
-                if ts is not None and (newest is None or ts > newest):
-                    newest = ts
-        if open_parts:
-            raise SimulatorError(
-                f"simulate --resume: could not read to the end of {sorted(open_parts)} "
-                f"within {timeout_s:.0f} s"
-            )
-    finally:
-        consumer.close()
-    return newest
-
-
-def _reading_ts(value: bytes | None) -> int | None:
-    """The ``ts`` of a reading in epoch ms (either contract form); None for anything else."""
-    try:
-        return epoch_ms(orjson.loads(value or b"").get("ts"))
-    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
-        return None
