@@ -37,8 +37,8 @@ from sinks.clickhouse import ClickHouseSink
 from sinks.clickhouse_backend import ChdbBackend
 from streams.config import ClickHouseSettings, KafkaSettings, Settings, TopicSettings
 from streams.runtime.runner import StreamRunner, ensure_topics
-from streams.runtime.wiring import clickhouse_sink
 from streams.runtime.workers import gc_policy
+from streams.service import Assembly, build_service
 from streams.sim.generator import SimConfig, TelemetrySimulator
 from streams.tools.broker import EmbeddedBroker
 
@@ -133,9 +133,6 @@ def pipeline(bootstrap: str, topics: TopicSettings, n: int, chdb: Path) -> dict[
         http_port=0,
     )
     backend = ChdbBackend(chdb)
-    sink = clickhouse_sink(settings, backend)
-    assert sink is not None
-    sink.ensure_schema()
     marks: list[float] = []
     done = threading.Event()
     consumed = [0]
@@ -149,9 +146,10 @@ def pipeline(bootstrap: str, topics: TopicSettings, n: int, chdb: Path) -> dict[
         if consumed[0] >= n:
             done.set()
 
-    runner = StreamRunner(
-        settings, GridProcessor(settings.processing.params()), sink, on_batch=on_batch
-    )
+    service = build_service(settings, Assembly(backend=backend, on_batch=on_batch))
+    service.ensure_schema()
+    runner = service.engine
+    assert isinstance(runner, StreamRunner)
     thread = threading.Thread(target=runner.run, args=(done,), daemon=True)
     with gc_policy():  # as `gridstream run` does
         thread.start()

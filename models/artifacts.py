@@ -27,10 +27,8 @@ files, not someone who can rewrite the manifest too: hence the store must be ope
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import pickle
 import platform
 import re
 import shutil
@@ -45,119 +43,32 @@ from hashlib import sha256
 from importlib import metadata
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Literal
 
-import numpy as np
 from pydantic import (
-    AfterValidator,
-    AwareDatetime,
-    BaseModel,
-    ConfigDict,
-    Field,
     JsonValue,
     ValidationError,
-    field_validator,
-    model_validator,
 )
 
+from models.artifact_codec import decode, encode
 from models.exceptions import (
     ArtifactError,
     IncompatibleModel,
     ManifestError,
     TamperedArtifact,
 )
+from models.manifest import (  # noqa: F401 - re-exported: the store's documents live there
+    CURRENT,
+    MANIFEST,
+    MANIFEST_FORMAT,
+    PROMOTIONS,
+    VALIDATION_ERROR,
+    CurrentPointer,
+    Manifest,
+    TrainingSpan,
+    _unsafe_path,
+)
 
-MANIFEST = "manifest.json"
-CURRENT = "current.json"
-PROMOTIONS = "promotions.jsonl"
-MANIFEST_FORMAT = 1
-VALIDATION_ERROR = "validation_error"  # the one metric the promotion rule compares
 _MAX_MANIFEST_BYTES = 1 << 20
-# One path part: no leading dot (so no "..", no hidden files), no separators, no drive letters.
-_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(lambda d: d.astimezone(UTC))]
-Finite = Annotated[float, Field(allow_inf_nan=False)]
-
-
-def _unsafe_path(rel: str) -> bool:
-    return rel == MANIFEST or not all(_PART.fullmatch(part) for part in rel.split("/"))
-
-
-class TrainingSpan(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    start: UtcDatetime
-    end: UtcDatetime
-
-    @model_validator(mode="after")
-    def _ordered(self) -> TrainingSpan:
-        if self.end <= self.start:
-            raise ValueError(f"end {self.end} is not after start {self.start}")
-        return self
-
-
-class Manifest(BaseModel):
-    """``manifest.json``: what a set is, what it was trained on, and the hash of every file."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    format: Literal[1]
-    name: str = Field(pattern=_NAME)
-    version: int = Field(ge=1)
-    created: UtcDatetime
-    training_span: TrainingSpan
-    feature_names: tuple[str, ...] = Field(min_length=1)  # in the order the models expect
-    horizons_s: tuple[int, ...] = Field(min_length=1)
-    # Lower is better. ``validation_error`` is the one number promotion compares; the trainer
-    # defines it (see ``save_model_set``) and may add more metrics for people to read.
-    metrics: dict[str, Finite]
-    files: dict[str, str] = Field(min_length=1)  # relative POSIX path -> sha256 hex
-    library_versions: dict[str, str]  # diagnostics: a pickle may not load under other versions
-    params: dict[str, JsonValue] = Field(default_factory=dict)  # hyperparameters, for people
-
-    @field_validator("feature_names")
-    @classmethod
-    def _features(cls, names: tuple[str, ...]) -> tuple[str, ...]:
-        dup = sorted(n for n, k in Counter(names).items() if k > 1)
-        if dup or not all(names):
-            raise ValueError(f"feature names must be unique and non-empty, repeated: {dup}")
-        return names
-
-    @field_validator("horizons_s")
-    @classmethod
-    def _horizons(cls, hs: tuple[int, ...]) -> tuple[int, ...]:
-        if any(h <= 0 for h in hs) or len(set(hs)) != len(hs):
-            raise ValueError(f"horizons must be unique positive seconds, got {list(hs)}")
-        return hs
-
-    @field_validator("metrics")
-    @classmethod
-    def _metrics(cls, metrics: dict[str, float]) -> dict[str, float]:
-        if metrics.get(VALIDATION_ERROR, -1.0) < 0:
-            raise ValueError(f"needs {VALIDATION_ERROR!r}, a finite number >= 0 (lower is better)")
-        return metrics
-
-    @field_validator("files")
-    @classmethod
-    def _files(cls, files: dict[str, str]) -> dict[str, str]:
-        for rel, digest in files.items():
-            if _unsafe_path(rel):
-                raise ValueError(f"{rel!r} is not a safe relative path inside the set")
-            if not _SHA256.fullmatch(digest):
-                raise ValueError(f"{rel!r}: {digest!r} is not a lowercase hex sha256")
-        return files
-
-
-class CurrentPointer(BaseModel):
-    """``current.json``: which set is promoted; the rest is for people reading the file."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    format: Literal[1]
-    dir: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # one directory of the store
-    ref: str
-    validation_error: float
-    promoted_at: UtcDatetime
 
 
 @dataclass(frozen=True)
@@ -264,28 +175,7 @@ def _serialise(rel: str, obj: object) -> bytes:
             f"artifact name {rel!r} is not a safe relative path: parts of letters, digits and "
             f"'_.-' joined by '/', no leading dot, not {MANIFEST!r}"
         )
-    if isinstance(obj, bytes):
-        return obj
-    suffix = Path(rel).suffix
-    try:
-        if suffix == ".skops":
-            import skops.io as sio
-
-            return sio.dumps(obj)
-        if suffix == ".pkl":
-            return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-        if suffix == ".npy" and isinstance(obj, np.ndarray):
-            buf = io.BytesIO()
-            np.save(buf, obj, allow_pickle=False)
-            return buf.getvalue()
-        if suffix == ".json":
-            return json.dumps(obj, sort_keys=True, allow_nan=False).encode()
-    except (TypeError, ValueError, pickle.PicklingError) as exc:
-        raise ArtifactError(f"artifact {rel!r} cannot be written as {suffix}: {exc}") from exc
-    raise ArtifactError(
-        f"artifact {rel!r}: a {type(obj).__name__} needs a .skops (scikit-learn) or .pkl name "
-        "(.npy takes an ndarray, .json takes JSON values), or pass bytes"
-    )
+    return encode(rel, obj)
 
 
 def _reserve(store: Path, name: str) -> tuple[int, Path]:
@@ -334,7 +224,7 @@ def load_model_set(path: Path | str) -> LoadedModelSet:
         warnings.simplefilter("always")
         for rel, data in blobs.items():
             try:
-                objects[rel] = _deserialise(rel, data)
+                objects[rel] = decode(rel, data)
             except Exception as exc:  # verified bytes, but this environment cannot read them
                 raise ArtifactError(
                     f"model set {path.name}: file {rel!r} passed verification but cannot be "
@@ -425,36 +315,6 @@ def _files_under(path: Path, label: str) -> set[str]:
             if full.is_file() and rel != MANIFEST:
                 found.add(rel)
     return found
-
-
-# Types skops does not trust by default that our models consist of: the fitted trees of
-# HistGradientBoostingRegressor and of IsolationForest. Anything else in a file is refused.
-SKOPS_TRUSTED: frozenset[str] = frozenset(
-    {
-        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-        "sklearn.tree._tree.Tree",
-    }
-)
-
-
-def _deserialise(rel: str, data: bytes) -> object:
-    suffix = Path(rel).suffix
-    if suffix == ".skops":
-        import skops.io as sio  # on first use: it costs ~0.8 s of start-up otherwise
-
-        untrusted = set(sio.get_untrusted_types(data=data))
-        if untrusted - SKOPS_TRUSTED:
-            raise ArtifactError(
-                f"{rel}: holds types gridstream does not load: {sorted(untrusted - SKOPS_TRUSTED)}"
-            )
-        return sio.loads(data, trusted=sorted(untrusted))
-    if suffix == ".pkl":
-        return pickle.loads(data)  # noqa: S301 - sha256 of these exact bytes verified first
-    if suffix == ".npy":
-        return np.load(io.BytesIO(data), allow_pickle=False)
-    if suffix == ".json":
-        return json.loads(data)
-    return data
 
 
 @cache

@@ -32,8 +32,7 @@ import numpy as np
 
 from models.params import ProcessorParams
 from models.state import NO_TS
-
-SEVERITY_NAMES = ("info", "warning", "critical")
+from schemas.outputs import SEVERITIES
 
 
 def fuse(logp: dict[str, np.ndarray], params: ProcessorParams) -> np.ndarray:
@@ -53,7 +52,7 @@ def severity_rank(score: np.ndarray, params: ProcessorParams) -> np.ndarray:
     """-1 below the lowest threshold, else the index in (info, warning, critical)."""
     thresholds = dict(params.severity_thresholds)
     rank = np.full(score.shape, -1, dtype=np.int64)
-    for i, name in enumerate(SEVERITY_NAMES):
+    for i, name in enumerate(SEVERITIES):
         rank = np.where(score >= thresholds[name], i, rank)
     return rank
 

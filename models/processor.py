@@ -40,6 +40,7 @@ from schemas.batch import (
     ForecastBatch,
     ReadingBatch,
     Rejection,
+    entity_key,
 )
 
 if TYPE_CHECKING:
@@ -128,7 +129,7 @@ class GridProcessor:
         res = ProcessResult.blank(n, self.model)
         if n == 0:
             return res
-        keys = (batch.kind + "\x1f" + batch.entity).tolist()
+        keys = entity_key(batch.kind, batch.entity).tolist()
         slots = self.state.slots_for(keys, batch.kind.tolist())
         t0 = perf_counter()
         rounds: list[_Round] = []

@@ -15,6 +15,19 @@ import numpy as np
 CHANNELS: tuple[str, ...] = ("reactive", "voltage", "current", "frequency", "temperature")
 
 
+ENTITY_KEY_SEP = "\x1f"  # a control character: ids may not contain it (schemas.readings)
+
+
+def entity_key(kind: np.ndarray | str, entity: np.ndarray | str) -> np.ndarray | str:
+    r"""The key that tells entities apart across kinds (a meter and a feeder may share an id):
+    ``kind + "\x1f" + id``, for one entity or element-wise for arrays of them.
+
+    >>> entity_key("meter", "m-1")
+    'meter\x1fm-1'
+    """
+    return kind + ENTITY_KEY_SEP + entity  # type: ignore[operator]
+
+
 @dataclass(frozen=True, slots=True)
 class ReadingBatch:
     """Valid readings of one batch; every array has the same length."""

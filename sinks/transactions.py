@@ -75,6 +75,9 @@ class TransactionalTopics:
                         poll(0)
             if offsets:
                 self.producer.send_offsets_to_transaction(offsets, group_metadata, self.timeout_s)
+            # every record acknowledged before the commit (which would flush them anyway), so a
+            # crash at ``before_commit`` leaves them in the log, to be aborted by the next life
+            self.producer.flush(self.timeout_s)
             if before_commit is not None:
                 before_commit()
             self.producer.commit_transaction(self.timeout_s)  # flushes; fails if any send failed

@@ -14,11 +14,12 @@ Definitions:
 - ``load_hourly`` / ``load_daily``: per entity and UTC hour/day, readings and min/avg/max/p95 of
   active power (``unit`` kW for meters, MW for SCADA assets); non-finite values left out.
   p95 is ``quantile(0.95)``: linear interpolation, exact up to 8192 readings per group.
-- ``forecast_accuracy``: every finite forecast with the actual reading at its target time — the
-  first reading of the entity at or after ``target_ts`` and less than
-  ``ACTUAL_TOLERANCE_S`` after it (grid-stamped meters match exactly, SCADA jitter is tolerated)
-  — with absolute error, percentage error (NULL when the actual is 0) and whether the actual fell
-  in [p10, p90]. Forecasts not yet due or whose reading never came are not in it.
+- ``forecast_accuracy``: every finite forecast with its actual reading — the rule of
+  ``schemas.accuracy``, shared with ``/metrics`` and the demo: the first reading of the entity at
+  or after ``target_ts`` and less than ``ACTUAL_TOLERANCE_S`` after it (grid-stamped meters match
+  exactly, SCADA jitter is tolerated) — with absolute error, percentage error (NULL when the
+  actual is 0) and whether the actual fell in [p10, p90]. Forecasts not yet due or whose
+  reading never came are not in it.
 - ``forecast_mape_hourly``: per UTC hour of the target time, entity kind and horizon: MAPE (mean
   of the percentage errors, zero actuals skipped), MAE, p10–p90 coverage, and ``above_2pct``,
   the operators' alert rule (MAPE > 2 %).
@@ -37,9 +38,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from schemas.accuracy import ACTUAL_TOLERANCE_S
 from sinks.ddl import ANOMALY_KIND, DB
 
-ACTUAL_TOLERANCE_S = 60
 MAPE_ALERT_PCT = 2.0
 
 

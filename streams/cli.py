@@ -14,10 +14,15 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from schemas.exceptions import GridstreamError
+from streams.cli_offline import cmd_backtest, cmd_report, cmd_train
+from streams.cli_parser import build_parser
 from streams.config import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from streams.runtime.failpoints import Failpoints
 
 log = logging.getLogger("gridstream")
 
@@ -56,30 +61,37 @@ def _stop_on_signals() -> threading.Event:
 
 
 # -- commands ----------------------------------------------------------------------------------
+def failpoints_from_env() -> Failpoints:
+    """Crash points armed by ``GRIDSTREAM_FAILPOINTS`` (``streams.runtime.failpoints``)."""
+    from streams.runtime.failpoints import Failpoints, parse
+
+    seed = os.environ.get("GRIDSTREAM_FAILPOINTS_SEED")
+    armed = parse(os.environ.get("GRIDSTREAM_FAILPOINTS", ""))
+    return Failpoints(armed, int(seed) if seed else None)
+
+
+def transactional_id(settings: Settings, index: int | None) -> str:
+    """This worker's transactional id: worker ``index`` of ``--workers`` gets its own (the same
+    id fences), and the default names the host."""
+    base = settings.kafka.default_transactional_id(socket.gethostname())
+    return base if index is None else f"{base}-{index}"
+
+
 def _per_worker(settings: Settings, index: int) -> Settings:
-    """Worker ``index`` of ``--workers`` gets its own transactional and group instance ids:
-    the same id fences, and the same index after a restart is the same worker."""
+    """Worker ``index`` of ``--workers`` gets its own group instance id (the same index after a
+    restart is the same static member); its transactional id is ``transactional_id``'s."""
     k = settings.kafka
-    update: dict[str, str] = {}
-    if k.processing_guarantee == "exactly_once":
-        base = k.transactional_id or f"{k.group_id}-{socket.gethostname()}"
-        update["transactional_id"] = f"{base}-{index}"
     instance = k.instance_id()
-    if instance is not None:
-        update["group_instance_id"] = f"{instance}-{index}"
-    if not update:
+    if instance is None:
         return settings
-    return settings.model_copy(update={"kafka": k.model_copy(update=update)})
+    kafka = k.model_copy(update={"group_instance_id": f"{instance}-{index}"})
+    return settings.model_copy(update={"kafka": kafka})
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from models.processor import GridProcessor
     from streams.ops.http import start_http_server
-    from streams.ops.monitor import Monitor
-    from streams.runtime.runner import StreamRunner
-    from streams.runtime.wiring import clickhouse_sink
     from streams.runtime.workers import check_workers, gc_policy, run_workers, tag_logs
-    from streams.state.tasks import TaskSet
+    from streams.service import Assembly, build_service
 
     port = getattr(args, "http_port", None)
     if getattr(args, "no_migrate", False):  # the CLI edge: workers inherit it with the env
@@ -96,50 +108,41 @@ def cmd_run(args: argparse.Namespace) -> int:
         settings = _per_worker(settings, index)
     stop = _stop_on_signals()
     engine = getattr(args, "engine", "native")
-    processor: TaskSet | GridProcessor = (
-        GridProcessor(settings.processing.params())  # faust: one core for the worker
-        if engine == "faust"
-        else TaskSet(settings.processing.params())  # native: one core per assigned partition
+    how = Assembly(
+        engine=engine,
+        failpoints=failpoints_from_env(),
+        transactional_id=transactional_id(settings, index),
     )
-    monitor = Monitor(processor, clickhouse_enabled=settings.clickhouse.backend != "none")
+    service = build_service(settings, how)
     server = None
     if settings.http_port:  # up before the slow start-up steps: /health says "starting"
-        server = start_http_server(
-            settings.http_port, monitor.health, monitor.registry, monitor.models
-        )
+        m = service.monitor
+        server = start_http_server(settings.http_port, m.health, m.registry, m.models)
     try:
-        sink = clickhouse_sink(settings)
-        if sink is not None:
-            if settings.clickhouse.migrate:
-                sink.ensure_schema()
-            else:
-                sink.verify_schema()
-            monitor.health.clickhouse_connected()
-        if isinstance(processor, GridProcessor):  # --engine faust: same core in a faust worker
-            from streams.runtime.faust_engine import FaustEngine
-
-            runner = FaustEngine(settings, processor, sink, monitor=monitor)
-        else:
-            runner = StreamRunner(settings, processor, sink, monitor=monitor)
-        log.info(
-            "gridstream run (%s engine): kafka %s (%s) group %s, inputs %s + %s, clickhouse %s, "
-            "http %s",
-            engine,
-            settings.kafka.bootstrap_servers,
-            settings.kafka.security_protocol,
-            settings.kafka.group_id,
-            settings.topics.meter,
-            settings.topics.scada,
-            settings.clickhouse.backend,
-            settings.http_port or "off",
-        )
+        service.ensure_schema(settings.clickhouse.migrate)
+        _log_start(settings, engine)
         with gc_policy():  # after start-up: what it allocated is frozen out of the GC's sight
-            stats = runner.run(stop)
+            stats = service.engine.run(stop)
         log.info("stopped after %d batches: %s", stats.batches, dict(stats.counters))
     finally:
         if server is not None:
             server.stop()
     return 0
+
+
+def _log_start(settings: Settings, engine: str) -> None:
+    log.info(
+        "gridstream run (%s engine): kafka %s (%s) group %s, inputs %s + %s, clickhouse %s, "
+        "http %s",
+        engine,
+        settings.kafka.bootstrap_servers,
+        settings.kafka.security_protocol,
+        settings.kafka.group_id,
+        settings.topics.meter,
+        settings.topics.scada,
+        settings.clickhouse.backend,
+        settings.http_port or "off",
+    )
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
@@ -155,6 +158,13 @@ def cmd_broker(args: argparse.Namespace) -> int:
                 print("broker exited", file=sys.stderr)
                 return 1
     return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from streams.ops.http import probe
+
+    port = _settings(args).http_port
+    return probe(f"http://127.0.0.1:{port}/health") if port else 1
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -197,7 +207,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     from streams.runtime.runner import ensure_topics
     from streams.sim.generator import SimConfig
-    from streams.sim.producer import newest_reading_ms, run_simulator
+    from streams.sim.producer import run_simulator
+    from streams.sim.resume import newest_reading_ms
 
     settings = _settings(args)
     _setup_logging(settings.log_level, settings.log_format)
@@ -259,88 +270,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
-def cmd_backtest(args: argparse.Namespace) -> int:
-    from collections import Counter
-    from pathlib import Path
-
-    from streams.tools.backtest import backtest_file
-
-    if args.batch_size < 1:
-        print(f"gridstream: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
-        return 2
-    params = _settings(args).processing.params()
-    ensemble = None
-    if args.models:
-        from models.ensemble import load_ensemble
-
-        ensemble = load_ensemble(args.models)
-        params = replace(
-            params, horizons_s=tuple(sorted(set(params.horizons_s) | set(ensemble.horizons)))
-        )
-        print(
-            f"using model set {ensemble.ref} (horizons {', '.join(map(str, ensemble.horizons))} s)"
-        )
-    started = time.perf_counter()
-    collector = None
-    if args.report:
-        from streams.tools.report_input import BacktestCollector
-
-        collector = BacktestCollector()
-    result = backtest_file(
-        Path(args.input), Path(args.output), params, args.batch_size, ensemble, collector
-    )
-    c = result.counters
-    dead = Counter(x for x in result.dead_letter if x is not None)
-    sev = Counter(ev.severity for ev in result.events)
-    print(
-        f"backtest: {len(result):,} rows in {time.perf_counter() - started:.1f} s -> "
-        f"{args.output}; scored {c['scored']:,}, warming up {c['warming_up']:,}, "
-        f"duplicates dropped {c['dropped_duplicate']:,}, dead letters {sum(dead.values()):,}"
-        + (f" ({', '.join(f'{k} {v:,}' for k, v in dead.most_common())})" if dead else "")
-    )
-    print(
-        f"anomaly events: critical {sev['critical']:,}, warning {sev['warning']:,}, "
-        f"info {sev['info']:,} (horizons {', '.join(f'{h} s' for h in params.horizons_s)})"
-    )
-    if collector is not None:
-        from streams.tools.report import write_report
-        from streams.tools.report_input import load_labels
-
-        labels = load_labels(Path(args.labels)) if args.labels else None
-        inp = collector.report_input(
-            f"gridstream backtest: {Path(args.input).name}", f"backtest of {args.input}",
-            params.horizons_s, result.events, labels,
-        )
-        print(write_report(inp, Path(args.report)).line())
-    return 0
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from streams.runtime.wiring import clickhouse_backend
-    from streams.tools.report import write_report
-    from streams.tools.report_input import from_clickhouse, load_labels, since_ms
-
-    settings = _settings(args)
-    now_ms = int(time.time() * 1000)
-    start = since_ms(args.since, now_ms)
-    until = since_ms(args.until, now_ms) if args.until else None
-    entities = [e.strip() for item in args.entities for e in item.split(",") if e.strip()]
-    labels = load_labels(Path(args.labels)) if args.labels else None
-    backend = clickhouse_backend(settings)
-    if backend is None:
-        raise ConfigError("GRIDSTREAM_CLICKHOUSE__BACKEND is 'none': there is nothing to report")
-    try:
-        inp = from_clickhouse(
-            backend, settings.clickhouse.database, start, until, entities or None, labels
-        )
-    finally:
-        backend.close()
-    print(write_report(inp, Path(args.output), args.max_points).line())
-    return 0
-
-
 def bench_command(quick: bool, json_path: str | None) -> list[str]:
     """The harness as its own interpreter runs it: the CLI never imports ``benchmarks``."""
     return [
@@ -375,229 +304,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_child(bench_command(args.quick, args.json))
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from models.training import train_model_set
-    from streams.tools.backtest import read_input, reading_batches
-
-    params = _settings(args).processing.params()
-    started = time.perf_counter()
-    batches, rejected = reading_batches(read_input(Path(args.input)))
-    rows = sum(len(b) for b in batches)
-    if rejected:
-        print(f"train: {rejected:,} rows of {args.input} are not valid readings and are skipped")
-    path, metrics, decision = train_model_set(
-        batches,
-        params,
-        Path(args.output),
-        name=args.name,
-        seed=args.seed,
-        max_iter=args.max_iter,
-        promote=not args.no_promote,
-    )
-    print(f"trained {path.name} on {rows:,} readings in {time.perf_counter() - started:.1f} s")
-    for h in params.horizons_s:
-        print(
-            f"  horizon {h:>5} s: validation MAE {metrics[f'h{h}_validation_mae']:.4g} "
-            f"(baseline {metrics[f'h{h}_baseline_mae']:.4g}), p10-p90 coverage "
-            f"{100 * metrics[f'h{h}_validation_coverage_p10_p90']:.1f} %"
-        )
-    print(
-        f"  validation error {metrics['validation_error']:.4f} "
-        f"(baseline {metrics['baseline_error']:.4f}, in forecast-scale units)"
-    )
-    if decision is not None:
-        print(
-            f"promotion: {'promoted' if decision.promoted else 'not promoted'}: {decision.reason}"
-        )
-    from streams.tools.report_validation import write_validation_report
-
-    report = Path(args.report) if args.report else path.parent / f"{path.name}-validation.html"
-    write_validation_report(batches, params, path, metrics, report)
-    print(f"validation report (quantile calibration, error by horizon): {report}")
-    return 0
-
-
-# -- parser ------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gridstream",
-        description="Streaming anomaly detection and nowcasts for electricity-grid telemetry.",
-    )
-    parser.add_argument("--config", help="TOML settings file (default: $GRIDSTREAM_CONFIG)")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("run", help="the processor, configured by env/file")
-    p.add_argument(
-        "--http-port",
-        type=int,
-        default=None,
-        help="port of /health, /metrics, /models (default $GRIDSTREAM_HTTP_PORT or 8000; 0 = off)",
-    )
-    p.add_argument(
-        "--no-migrate",
-        action="store_true",
-        help="only check the ClickHouse schema, never change it (a user with INSERT rights "
-        "suffices; run `gridstream migrate` first); same as GRIDSTREAM_CLICKHOUSE__MIGRATE=false",
-    )
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="processes in one consumer group (default 1); worker i serves HTTP on port + i; "
-        "not with embedded chDB",
-    )
-    p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument(
-        "--engine",
-        choices=["native", "faust"],
-        default="native",
-        help="native: confluent-kafka loop (default); faust: the same core in a faust-streaming "
-        "worker (needs the 'faust' extra; see README, Delivery guarantees)",
-    )
-    p.set_defaults(func=cmd_run)
-
-    p = sub.add_parser("demo", help="broker + embedded ClickHouse + simulator + processor")
-    p.add_argument("--seconds", type=float, default=30.0, help="how long to run (default 30)")
-    p.add_argument("--meters", type=int, default=400)
-    p.add_argument("--assets", type=int, default=30)
-    p.set_defaults(func=cmd_demo)
-
-    p = sub.add_parser("simulate", help="produce realistic telemetry with labelled anomalies")
-    p.add_argument("--meters", type=int, default=100)
-    p.add_argument("--assets", type=int, default=10)
-    p.add_argument(
-        "--backfill-hours",
-        type=float,
-        default=0.0,
-        help="start this far in the past and catch up at --speed",
-    )
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="start after the newest reading already in the input topics, so a restart continues "
-        "the stream instead of producing the backfill again",
-    )
-    p.add_argument("--seconds", type=float, default=None, help="stop after this long")
-    p.add_argument(
-        "--speed",
-        type=float,
-        default=float("inf"),
-        help="simulated seconds per second during a backfill (default: as fast as possible); "
-        "it never runs ahead of the clock, so once caught up it is real time",
-    )
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--labels", default=None, help="append injected-anomaly labels to this file")
-    p.set_defaults(func=cmd_simulate)
-
-    p = sub.add_parser("broker", help="the embedded Kafka-compatible broker for local use")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=9092)
-    p.set_defaults(func=cmd_broker)
-
-    p = sub.add_parser(
-        "migrate",
-        help="create or migrate the ClickHouse schema, views and retention, then exit",
-    )
-    p.set_defaults(func=cmd_migrate)
-
-    p = sub.add_parser("query", help="run SQL on the configured ClickHouse and print a table")
-    p.add_argument("sql")
-    p.add_argument("--max-rows", type=int, default=100)
-    p.set_defaults(func=cmd_query)
-
-    # No --models yet: until trained model sets exist, a backtest runs what a fresh deployment
-    # runs, the online detectors and the baseline nowcast learning as they go.
-    p = sub.add_parser(
-        "backtest",
-        help="the processor's code path over a CSV/Parquet file of readings, no Kafka",
-        description="Reads meter readings (meter_id, ts, kw, optional kvar, voltage_v, "
-        "current_a, quality; or SCADA readings with asset_id, asset_kind, p_mw, ...) and writes "
-        "one output row per input row, in input order: anomaly_score, severity, p10/p50/p90 per "
-        "forecast horizon, the expected value and the dead-letter reason of rejected rows. "
-        "Parameters come from the processing settings (GRIDSTREAM_PROCESSING__*).",
-    )
-    p.add_argument("--input", required=True, help="CSV or Parquet file of readings")
-    p.add_argument("--output", required=True, help="CSV to write (Parquet if it ends .parquet)")
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=5000,
-        help="readings per processed batch (default 5000; the output does not depend on it)",
-    )
-    p.add_argument(
-        "--models",
-        default=None,
-        help="a model store (its promoted set) or one model-set directory from `gridstream train`;"
-        " without it: the online detectors and the baseline alone, as a fresh deployment",
-    )
-    p.add_argument(
-        "--report", default=None, help="also write an interactive HTML report to this file"
-    )
-    p.add_argument(
-        "--labels",
-        default=None,
-        help="labelled anomaly windows for the report: simulator labels (JSON lines) or NAB "
-        "windows (JSON)",
-    )
-    p.set_defaults(func=cmd_backtest)
-
-    p = sub.add_parser(
-        "report",
-        help="a self-contained interactive HTML report from ClickHouse: forecast bands against "
-        "actuals, anomalies, labelled windows, error heatmaps",
-    )
-    p.add_argument("--since", default="7d", help="start: a UTC time or an age (default 7d)")
-    p.add_argument("--until", default=None, help="end: a UTC time or an age (default now)")
-    p.add_argument(
-        "--entities",
-        action="append",
-        default=[],
-        help="entity ids, comma-separated or repeated (default: every entity)",
-    )
-    p.add_argument("--labels", default=None, help="simulator labels or NAB windows file")
-    p.add_argument("--output", default="gridstream-report.html", help="the HTML file to write")
-    p.add_argument(
-        "--max-points",
-        type=int,
-        default=25_000,
-        help="readings drawn per entity at most; longer series are thinned (default 25000)",
-    )
-    p.set_defaults(func=cmd_report)
-
-    p = sub.add_parser(
-        "bench",
-        help="throughput against the consume+decode ceiling, the core alone, memory (benchmarks/)",
-    )
-    p.add_argument("--quick", action="store_true", help="about a minute")
-    p.add_argument("--json", default=None, help="results file (default benchmarks/results/)")
-    p.set_defaults(func=cmd_bench)
-
-    p = sub.add_parser(
-        "train",
-        help="fit the nowcast ensemble from history; writes a versioned model set and promotes it "
-        "only if it beats the current one",
-    )
-    p.add_argument("--input", required=True, help="CSV or Parquet file of readings (as backtest)")
-    p.add_argument("--output", required=True, help="the model store directory")
-    p.add_argument("--name", default="nowcast-ensemble", help="model set name")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-iter", type=int, default=200, help="boosting iterations per model")
-    p.add_argument("--no-promote", action="store_true", help="save the set but do not promote it")
-    p.add_argument(
-        "--report",
-        default=None,
-        help="the validation report's HTML file (default STORE/<set>-validation.html)",
-    )
-    p.set_defaults(func=cmd_train)
-    return parser
+# -- dispatch ----------------------------------------------------------------------------------
+HANDLERS = {
+    "run": cmd_run,
+    "demo": cmd_demo,
+    "simulate": cmd_simulate,
+    "broker": cmd_broker,
+    "health": cmd_health,
+    "migrate": cmd_migrate,
+    "query": cmd_query,
+    "backtest": cmd_backtest,
+    "report": cmd_report,
+    "bench": cmd_bench,
+    "train": cmd_train,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        return int(HANDLERS[args.command](args))
     except ConfigError as exc:
         print(f"gridstream: {exc}", file=sys.stderr)
         return 2

@@ -36,18 +36,28 @@ class _Section(BaseModel):
 
 
 class KafkaSettings(_Section):
-    bootstrap_servers: str = "127.0.0.1:9092"
-    group_id: str = "gridstream"
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-    ssl_ca_location: str | None = None
-    ssl_certificate_location: str | None = None
-    ssl_key_location: str | None = None
-    batch_size: int = Field(5000, ge=1, le=100_000, description="max readings per batch")
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
+    group_id: str = Field(
+        "gridstream", description="consumer group; replicas in one group share the partitions"
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="`PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`"
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL PLAIN or SCRAM-SHA-256/512"
+    )
+    sasl_username: str | None = Field(None, description="SASL user")
+    sasl_password: SecretStr | None = Field(None, description="SASL password; never logged")
+    ssl_ca_location: str | None = Field(None, description="CA certificate file (TLS)")
+    ssl_certificate_location: str | None = Field(None, description="client certificate (TLS)")
+    ssl_key_location: str | None = Field(None, description="client key (TLS)")
+    batch_size: int = Field(5000, ge=1, le=100_000, description="max records per batch")
     batch_timeout_s: float = Field(
-        0.02, gt=0, le=60, description="max wait to fill a batch; short keeps latency low"
+        0.02,
+        gt=0,
+        le=60,
+        description="max wait to fill a batch; short on purpose: under load a batch is what "
+        "arrived while the previous one was processed, at low rates every reading waits this long",
     )
     fetch_wait_max_ms: int = Field(
         10,
@@ -56,10 +66,12 @@ class KafkaSettings(_Section):
         description="longest a fetch waits at the broker for data (librdkafka's default, 500, "
         "adds up to that much latency at low rates); GRIDSTREAM_KAFKA__EXTRA overrides it",
     )
-    create_topics: bool = True
+    create_topics: bool = Field(True, description="create missing input and output topics at start")
     partitions: int = Field(6, ge=1, le=10_000, description="partitions of created topics")
-    replication_factor: int = Field(1, ge=1, le=16)
-    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    replication_factor: int = Field(1, ge=1, le=16, description="replicas of created topics")
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="where a new consumer group starts"
+    )
     session_timeout_ms: int = Field(
         45_000,
         ge=1_000,
@@ -72,8 +84,8 @@ class KafkaSettings(_Section):
     )
     transactional_id: str | None = Field(
         None,
-        description="exactly_once: stable id per worker (default <group_id>-<hostname>); a "
-        "restarted worker with the same id fences its predecessor",
+        description="exactly_once: stable id per worker (default <group_id>-<hostname>; "
+        "`--workers` appends -<index>); a restarted worker with the same id fences its predecessor",
     )
     static_membership: bool = Field(
         True,
@@ -114,14 +126,59 @@ class KafkaSettings(_Section):
         conf.update(self.extra)
         return conf
 
+    def consumer_config(self) -> dict[str, object]:
+        """The consumer's librdkafka settings: defaults < security/``extra`` < fixed by the loop.
+
+        The loop commits offsets itself, after a batch's outputs are acknowledged, and reads
+        committed records only (exactly-once outputs of an aborted transaction never count).
+        """
+        return {
+            "fetch.wait.max.ms": self.fetch_wait_max_ms,  # a default: ``extra`` may override it
+            **self.client_config(),
+            "group.id": self.group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": self.auto_offset_reset,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": False,
+            "session.timeout.ms": self.session_timeout_ms,
+            "heartbeat.interval.ms": max(100, self.session_timeout_ms // 5),
+            **({"group.instance.id": self.instance_id()} if self.static_membership else {}),
+        }
+
+    def producer_config(self) -> dict[str, object]:
+        """The output producer's librdkafka settings (both engines): idempotent, acks=all."""
+        return {
+            **self.client_config(),
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "batch.num.messages": 10_000,
+            "queue.buffering.max.messages": 500_000,
+        }
+
+    def transactional_config(self, transactional_id: str) -> dict[str, object]:
+        """The exactly-once producer: ``producer_config`` with one stable id per worker."""
+        return {
+            **self.producer_config(),
+            "transactional.id": transactional_id,
+            "transaction.timeout.ms": 60_000,
+        }
+
+    def default_transactional_id(self, host: str) -> str:
+        """The configured transactional id, else ``<group_id>-<host>`` (the CLI passes it in)."""
+        return self.transactional_id or f"{self.group_id}-{host}"
+
 
 class TopicSettings(_Section):
-    meter: str = "gridstream.readings.meter"
-    scada: str = "gridstream.readings.scada"
-    forecasts: str = "gridstream.forecasts"
-    anomalies: str = "gridstream.anomalies"
-    dead_letters: str = "gridstream.deadletter"
-    labels: str = "gridstream.sim.labels"
+    meter: str = Field("gridstream.readings.meter", description="input: meter readings")
+    scada: str = Field("gridstream.readings.scada", description="input: SCADA readings")
+    forecasts: str = Field("gridstream.forecasts", description="output: forecasts")
+    anomalies: str = Field("gridstream.anomalies", description="output: anomaly events")
+    dead_letters: str = Field("gridstream.deadletter", description="output: dead letters")
+    labels: str = Field(
+        "gridstream.sim.labels", description="`gridstream simulate`: injected-anomaly labels"
+    )
 
     @field_validator("*")
     @classmethod
@@ -132,18 +189,26 @@ class TopicSettings(_Section):
 
 
 class ClickHouseSettings(_Section):
-    backend: Literal["chdb", "server", "none"] = "chdb"
-    path: Path = Path("gridstream-data/chdb")
-    database: str = Field("gridstream", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-    host: str = "localhost"
-    port: int = Field(8123, ge=1, le=65535)
-    username: str = "default"
-    password: SecretStr = SecretStr("")
+    backend: Literal["chdb", "server", "none"] = Field(
+        "chdb", description="`chdb` (embedded), `server` (clickhouse-connect) or `none`"
+    )
+    path: Path = Field(
+        Path("gridstream-data/chdb"), description="chDB data directory (one process at a time)"
+    )
+    database: str = Field(
+        "gridstream",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$",
+        description="database of every table",
+    )
+    host: str = Field("localhost", description="server host")
+    port: int = Field(8123, ge=1, le=65535, description="server HTTP port")
+    username: str = Field("default", description="server user")
+    password: SecretStr = Field(SecretStr(""), description="server password; never logged")
     password_file: Path | None = Field(None, description="read the password from this file")
-    secure: bool = False
-    verify: bool = True
-    connect_timeout_s: float = Field(10.0, gt=0)
-    send_receive_timeout_s: float = Field(60.0, gt=0)
+    secure: bool = Field(False, description="HTTPS to the server")
+    verify: bool = Field(True, description="check the server's certificate")
+    connect_timeout_s: float = Field(10.0, gt=0, description="server connect timeout")
+    send_receive_timeout_s: float = Field(60.0, gt=0, description="server request timeout")
     store_readings: bool = Field(True, description="write valid readings (load/accuracy views)")
     migrate: bool = Field(
         True,
@@ -182,10 +247,16 @@ class ClickHouseSettings(_Section):
 class ProcessingSettings(_Section):
     max_age_s: int = Field(35 * 86400, gt=0, description="older readings are dead-lettered")
     max_future_s: int = Field(300, ge=0, description="readings further ahead are dead-lettered")
-    horizons_s: tuple[int, ...] = (900, 3600)
-    emit_threshold: float = Field(0.5, ge=0, le=1)
-    cooldown_s: int = Field(3600, ge=0)
-    warmup: int = Field(12, ge=1)
+    horizons_s: tuple[int, ...] = Field(
+        (900, 3600), description="forecast horizons (a JSON list in the environment)"
+    )
+    emit_threshold: float = Field(
+        0.5, ge=0, le=1, description="fused score from which an anomaly event is published"
+    )
+    cooldown_s: int = Field(
+        3600, ge=0, description="one event per entity per cooldown unless the severity rises"
+    )
+    warmup: int = Field(12, ge=1, description="readings an entity needs before it is scored")
     models_dir: Path | None = Field(
         None, description="model store from `gridstream train`; its promoted set is served"
     )
@@ -209,7 +280,8 @@ class ProcessingSettings(_Section):
 
 
 class Settings(BaseSettings):
-    """Every setting of ``gridstream run``; each is documented in the README with its env name."""
+    """Every setting of ``gridstream run``; docs/configuration.md is generated from the field
+    descriptions (``python -m streams.config_doc``)."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -224,8 +296,10 @@ class Settings(BaseSettings):
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     processing: ProcessingSettings = ProcessingSettings()
     http_port: int = Field(8000, ge=0, le=65535, description="0 disables the HTTP server")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="log level"
+    )
+    log_format: Literal["text", "json"] = Field("text", description="`json` gives JSON lines")
 
     @classmethod
     def settings_customise_sources(
@@ -268,7 +342,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
 def env_names() -> set[str]:
     """Every environment variable name the settings understand."""
     names = {f"{ENV_PREFIX}CONFIG"}
-    # read by streams.runtime.failpoints
+    # read by streams.cli.failpoints_from_env (crash points of the fault-injection tests)
     names |= {f"{ENV_PREFIX}FAILPOINTS", f"{ENV_PREFIX}FAILPOINTS_SEED"}
     for name, info in Settings.model_fields.items():
         section = info.annotation

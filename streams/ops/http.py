@@ -8,15 +8,13 @@ models provider); nothing here talks to Kafka or ClickHouse.
     ...
     server.stop()
 
-``python -m streams.ops.http`` probes ``/health`` on ``$GRIDSTREAM_HTTP_PORT`` (default 8000) and
-exits 0 for ok/degraded, 1 otherwise: the container HEALTHCHECK, without curl in the image.
+``gridstream health`` probes ``/health`` on the configured port (``probe``) and exits 0 for
+ok/degraded, 1 otherwise: the container HEALTHCHECK, without curl in the image.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import threading
 import urllib.error
 import urllib.request
@@ -143,8 +141,3 @@ def probe(url: str, timeout_s: float = 3.0) -> int:
             return 0 if resp.status == 200 else 1
     except (urllib.error.URLError, OSError):
         return 1
-
-
-if __name__ == "__main__":
-    port = os.environ.get("GRIDSTREAM_HTTP_PORT", "8000")
-    sys.exit(probe(f"http://127.0.0.1:{port}/health"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import get_args
 
 import numpy as np
@@ -33,7 +34,6 @@ DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 BATCH_RECORDS_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 100_000)
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600, 21_600, 86_400)
 APE_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
-SEVERITIES = ("info", "warning", "critical")
 
 
 STATE_EVENTS = (
@@ -133,261 +133,188 @@ class BatchHistogram:
         return [family]
 
 
-class GridMetrics:
-    """Every metric the processor exports, registered in ``registry``.
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """One exported metric: where it lives on ``GridMetrics``, its type, name, help, labels."""
 
-    Names follow Prometheus conventions: ``gridstream_`` prefix, base units (seconds, bytes),
-    ``_total`` for counters. The monitor (``streams.ops.monitor``) is the only writer.
+    attr: str
+    kind: type
+    name: str  # without the ``gridstream_`` namespace
+    doc: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = ()
+    preset: tuple[tuple[str, ...], ...] = ()  # label values exported at 0 before they occur
+
+
+def _each(*values: str) -> tuple[tuple[str, ...], ...]:
+    return tuple((v,) for v in values)
+
+
+_FLAGS = _each("true", "false")
+
+# Names follow Prometheus conventions: ``gridstream_`` prefix, base units, ``_total`` counters.
+METRICS: tuple[MetricSpec, ...] = (
+    # -- throughput and record fate
+    MetricSpec("consumed", Counter, "readings_consumed",
+               "Records consumed from an input topic (valid or dead-lettered).", ("topic",)),
+    MetricSpec("produced", Counter, "records_produced",
+               "Records published to an output topic and acknowledged by the broker.", ("topic",)),
+    # every reason at 0 from the start, so a first flood is a rate
+    MetricSpec("dead_letters", Counter, "dead_letters",
+               "Consumed records sent to the dead-letter topic, by reason (error class).",
+               ("reason",), preset=_each(*get_args(ErrorClass))),
+    MetricSpec("dropped", Counter, "readings_dropped",
+               "Readings dropped without a dead letter (exact redeliveries), by reason.",
+               ("reason",), preset=_each("duplicate")),
+    # -- Kafka consumer
+    MetricSpec("lag", Gauge, "consumer_lag",
+               "Records between the consumer position and the partition's high watermark.",
+               ("topic", "partition")),
+    MetricSpec("partition_records", Counter, "partition_records",
+               "Input records of each assigned partition handled by a batch (replayed ones "
+               "included).", ("topic", "partition")),
+    MetricSpec("partition_waiting", Gauge, "partition_batches_waiting",
+               "Batches in a row that left out this partition although it had records waiting "
+               "(0 when it progresses); bounded by ceil(partitions / batch size).",
+               ("topic", "partition")),
+    MetricSpec("assigned", Gauge, "partitions_assigned",
+               "Input partitions currently assigned to this processor."),
+    MetricSpec("rebalances", Counter, "rebalances",
+               "Consumer-group rebalance callbacks, by event (assign, revoke).", ("event",),
+               preset=_each("assign", "revoke")),
+    MetricSpec("state_events", Counter, "state_events",
+               "Partition state: checkpoints written, resumes by source (checkpoint, memory, "
+               "replay of the whole partition, cold), checkpoint errors, and input records "
+               "replayed to rebuild state.", ("event",), preset=_each(*STATE_EVENTS)),
+    # One unlabelled series, present from the start: a rule sees the very first error (a series
+    # born with its first increment shows no increase); names are in kafka_errors.
+    MetricSpec("consumer_errors", Counter, "consumer_errors",
+               "Errors of the consumer: messages returned by poll instead of records, and offset "
+               "commits left to the next batch (also counted, by error name, in kafka_errors)."),
+    MetricSpec("kafka_errors", Counter, "kafka_errors",
+               "Errors reported by the Kafka clients, by librdkafka error name.", ("error",)),
+    # -- batches and stages
+    MetricSpec("batch_records", Histogram, "batch_records", "Records per consumed batch.",
+               buckets=BATCH_RECORDS_BUCKETS),
+    MetricSpec("batch_duration", Histogram, "batch_duration_seconds",
+               "Time from a consumed batch to its committed offsets (decode, score, write, "
+               "commit).", buckets=DURATION_BUCKETS),
+    MetricSpec("stage_duration", Histogram, "batch_stage_duration_seconds",
+               "Time of one stage of a batch (decode, process, deliver, commit).", ("stage",),
+               buckets=DURATION_BUCKETS),
+    MetricSpec("model_duration", Histogram, "model_inference_duration_seconds",
+               "Time a model of the core spent on one batch, by model.", ("model",),
+               buckets=DURATION_BUCKETS),
+    MetricSpec("last_batch", Gauge, "last_batch_timestamp_seconds",
+               "Unix time at which the last batch was committed."),
+    MetricSpec("end_to_end", BatchHistogram, "end_to_end_latency_seconds",
+               "Time from a reading's own timestamp to the acknowledgement of its batch's "
+               "outputs.", buckets=LATENCY_BUCKETS),
+    # -- what the core found
+    MetricSpec("anomalies", Counter, "anomalies",
+               "Anomaly events published, by severity and entity kind.",
+               ("severity", "entity_kind")),
+    MetricSpec("detectors_fired", Counter, "anomaly_detectors_fired",
+               "Detectors that fired in published anomaly events, by detector.", ("detector",)),
+    MetricSpec("suppressed", Counter, "anomalies_suppressed",
+               "Anomalies not published because their entity was in cooldown."),
+    MetricSpec("drift_events", Counter, "drift_events",
+               "Model drift events detected (a reading-quality or concept-drift detector "
+               "fired)."),
+    MetricSpec("forecast_ape", BatchHistogram, "forecast_ape_ratio",
+               "Absolute percentage error |actual - p50| / |actual| of forecasts whose target "
+               "time arrived, by horizon, as a ratio (0.02 = 2 %).", ("horizon_s",),
+               buckets=APE_BUCKETS),
+    MetricSpec("forecasts_awaiting", Gauge, "forecasts_awaiting_actuals",
+               "Forecasts held in memory until a reading arrives at their target time."),
+    # -- outputs
+    MetricSpec("clickhouse_duration", Histogram, "clickhouse_insert_duration_seconds",
+               "Time to insert one batch's outputs into ClickHouse (successful or not).",
+               buckets=DURATION_BUCKETS),
+    MetricSpec("clickhouse_failures", Counter, "clickhouse_insert_failures",
+               "Failed ClickHouse inserts, by whether the runtime retries them.", ("retryable",),
+               preset=_FLAGS),
+    MetricSpec("publish_duration", Histogram, "kafka_publish_duration_seconds",
+               "Time to publish one batch's outputs and receive every acknowledgement.",
+               buckets=DURATION_BUCKETS),
+    MetricSpec("publish_failures", Counter, "kafka_publish_failures",
+               "Failed publications of a batch's outputs to Kafka, by whether they are retried.",
+               ("retryable",), preset=_FLAGS),
+    # -- state of the process
+    MetricSpec("health_status", Gauge, "health_status",
+               "Health of the processor: 0 ok, 1 degraded, 2 critical (see GET /health)."),
+    MetricSpec("model_store_failing", Gauge, "model_store_failing",
+               "1 while the model store's newest promoted set is refused (unreadable, unverified "
+               "or not fitting) and the previous set serves; 0 otherwise."),
+    MetricSpec("models_loaded", Gauge, "models_loaded", "Models in the loaded model set."),
+    MetricSpec("model_info", Gauge, "model_info",
+               "One series per loaded model, with its version; the value is always 1.",
+               ("model", "version")),
+    MetricSpec("entities", Gauge, "entities", "Entities with state in the processor."),
+    MetricSpec("build", Info, "build", "gridstream version."),
+)
+
+
+def make_metric(spec: MetricSpec, registry: CollectorRegistry) -> object:
+    """The collector ``spec`` describes, registered in ``registry``, its preset series created."""
+    if spec.kind is BatchHistogram:
+        return BatchHistogram(f"{NAMESPACE}_{spec.name}", spec.doc, spec.buckets,
+                              labelnames=spec.labels, registry=registry)
+    extra = {"buckets": spec.buckets} if spec.buckets else {}
+    metric = spec.kind(spec.name, spec.doc, spec.labels, namespace=NAMESPACE, registry=registry,
+                       **extra)
+    for values in spec.preset:
+        metric.labels(*values)
+    return metric
+
+
+class GridMetrics:
+    """Every metric the processor exports (``METRICS``), registered in ``registry``.
+
+    The monitor (``streams.ops.monitor``) is the only writer.
     """
+
+    consumed: Counter
+    produced: Counter
+    dead_letters: Counter
+    dropped: Counter
+    lag: Gauge
+    partition_records: Counter
+    partition_waiting: Gauge
+    assigned: Gauge
+    rebalances: Counter
+    state_events: Counter
+    kafka_errors: Counter
+    batch_records: Histogram
+    batch_duration: Histogram
+    stage_duration: Histogram
+    model_duration: Histogram
+    last_batch: Gauge
+    end_to_end: BatchHistogram
+    anomalies: Counter
+    detectors_fired: Counter
+    suppressed: Counter
+    drift_events: Counter
+    forecast_ape: BatchHistogram
+    forecasts_awaiting: Gauge
+    clickhouse_duration: Histogram
+    clickhouse_failures: Counter
+    publish_duration: Histogram
+    publish_failures: Counter
+    health_status: Gauge
+    models_loaded: Gauge
+    model_info: Gauge
+    entities: Gauge
+    build: Info
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         # ``*_created`` series double the series count and no rule or panel reads them. The switch
         # is process-wide in prometheus-client; gridstream is its only user in the process.
         disable_created_metrics()
         r = self.registry = registry if registry is not None else CollectorRegistry()
-        ns = NAMESPACE
-        # -- throughput and record fate
-        self.consumed = Counter(
-            "readings_consumed",
-            "Records consumed from an input topic (valid or dead-lettered).",
-            ["topic"],
-            namespace=ns,
-            registry=r,
-        )
-        self.produced = Counter(
-            "records_produced",
-            "Records published to an output topic and acknowledged by the broker.",
-            ["topic"],
-            namespace=ns,
-            registry=r,
-        )
-        self.dead_letters = Counter(
-            "dead_letters",
-            "Consumed records sent to the dead-letter topic, by reason (error class).",
-            ["reason"],
-            namespace=ns,
-            registry=r,
-        )
-        for reason in get_args(ErrorClass):  # at 0 from the start, so a first flood is a rate
-            self.dead_letters.labels(reason)
-        self.dropped = Counter(
-            "readings_dropped",
-            "Readings dropped without a dead letter (exact redeliveries), by reason.",
-            ["reason"],
-            namespace=ns,
-            registry=r,
-        )
-        self.dropped.labels("duplicate")
-        # -- Kafka consumer
-        self.lag = Gauge(
-            "consumer_lag",
-            "Records between the consumer position and the partition's high watermark.",
-            ["topic", "partition"],
-            namespace=ns,
-            registry=r,
-        )
-        self.partition_records = Counter(
-            "partition_records",
-            "Input records of each assigned partition handled by a batch (replayed ones included).",
-            ["topic", "partition"],
-            namespace=ns,
-            registry=r,
-        )
-        self.partition_waiting = Gauge(
-            "partition_batches_waiting",
-            "Batches in a row that left out this partition although it had records waiting "
-            "(0 when it progresses); bounded by ceil(partitions / batch size).",
-            ["topic", "partition"],
-            namespace=ns,
-            registry=r,
-        )
-        self.assigned = Gauge(
-            "partitions_assigned",
-            "Input partitions currently assigned to this processor.",
-            namespace=ns,
-            registry=r,
-        )
-        self.rebalances = Counter(
-            "rebalances",
-            "Consumer-group rebalance callbacks, by event (assign, revoke).",
-            ["event"],
-            namespace=ns,
-            registry=r,
-        )
-        for event in ("assign", "revoke"):
-            self.rebalances.labels(event)
-        self.state_events = Counter(
-            "state_events",
-            "Partition state: checkpoints written, resumes by source (checkpoint, memory, replay "
-            "of the whole partition, cold), "
-            "checkpoint errors, and input records replayed to rebuild state.",
-            ["event"],
-            namespace=ns,
-            registry=r,
-        )
-        for event in STATE_EVENTS:
-            self.state_events.labels(event)
-        self.kafka_errors = Counter(
-            "kafka_errors",
-            "Errors reported by the Kafka clients, by librdkafka error name.",
-            ["error"],
-            namespace=ns,
-            registry=r,
-        )
-        # One unlabelled series, present from the start: a rule sees the very first error (a
-        # series born with its first increment shows no increase); names are in kafka_errors.
-        self.consumer_errors = Counter(
-            "consumer_errors",
-            "Errors of the consumer: messages returned by poll instead of records, and offset "
-            "commits left to the next batch (also counted, by error name, in kafka_errors).",
-            namespace=ns,
-            registry=r,
-        )
-        # -- batches and stages
-        self.batch_records = Histogram(
-            "batch_records",
-            "Records per consumed batch.",
-            namespace=ns,
-            registry=r,
-            buckets=BATCH_RECORDS_BUCKETS,
-        )
-        self.batch_duration = Histogram(
-            "batch_duration_seconds",
-            "Time from a consumed batch to its committed offsets (decode, score, write, commit).",
-            namespace=ns,
-            registry=r,
-            buckets=DURATION_BUCKETS,
-        )
-        self.stage_duration = Histogram(
-            "batch_stage_duration_seconds",
-            "Time of one stage of a batch (decode, process, deliver, commit).",
-            ["stage"],
-            namespace=ns,
-            registry=r,
-            buckets=DURATION_BUCKETS,
-        )
-        self.model_duration = Histogram(
-            "model_inference_duration_seconds",
-            "Time a model of the core spent on one batch, by model.",
-            ["model"],
-            namespace=ns,
-            registry=r,
-            buckets=DURATION_BUCKETS,
-        )
-        self.last_batch = Gauge(
-            "last_batch_timestamp_seconds",
-            "Unix time at which the last batch was committed.",
-            namespace=ns,
-            registry=r,
-        )
-        self.end_to_end = BatchHistogram(
-            f"{ns}_end_to_end_latency_seconds",
-            "Time from a reading's own timestamp to the acknowledgement of its batch's outputs.",
-            LATENCY_BUCKETS,
-            registry=r,
-        )
-        # -- what the core found
-        self.anomalies = Counter(
-            "anomalies",
-            "Anomaly events published, by severity and entity kind.",
-            ["severity", "entity_kind"],
-            namespace=ns,
-            registry=r,
-        )
-        self.detectors_fired = Counter(
-            "anomaly_detectors_fired",
-            "Detectors that fired in published anomaly events, by detector.",
-            ["detector"],
-            namespace=ns,
-            registry=r,
-        )
-        self.suppressed = Counter(
-            "anomalies_suppressed",
-            "Anomalies not published because their entity was in cooldown.",
-            namespace=ns,
-            registry=r,
-        )
-        self.drift_events = Counter(
-            "drift_events",
-            "Model drift events detected (a reading-quality or concept-drift detector fired).",
-            namespace=ns,
-            registry=r,
-        )
-        self.forecast_ape = BatchHistogram(
-            f"{ns}_forecast_ape_ratio",
-            "Absolute percentage error |actual - p50| / |actual| of forecasts whose target time "
-            "arrived, by horizon, as a ratio (0.02 = 2 %).",
-            APE_BUCKETS,
-            labelnames=("horizon_s",),
-            registry=r,
-        )
-        self.forecasts_awaiting = Gauge(
-            "forecasts_awaiting_actuals",
-            "Forecasts held in memory until a reading arrives at their target time.",
-            namespace=ns,
-            registry=r,
-        )
-        # -- outputs
-        self.clickhouse_duration = Histogram(
-            "clickhouse_insert_duration_seconds",
-            "Time to insert one batch's outputs into ClickHouse (successful or not).",
-            namespace=ns,
-            registry=r,
-            buckets=DURATION_BUCKETS,
-        )
-        self.clickhouse_failures = Counter(
-            "clickhouse_insert_failures",
-            "Failed ClickHouse inserts, by whether the runtime retries them.",
-            ["retryable"],
-            namespace=ns,
-            registry=r,
-        )
-        self.publish_duration = Histogram(
-            "kafka_publish_duration_seconds",
-            "Time to publish one batch's outputs and receive every acknowledgement.",
-            namespace=ns,
-            registry=r,
-            buckets=DURATION_BUCKETS,
-        )
-        self.publish_failures = Counter(
-            "kafka_publish_failures",
-            "Failed publications of a batch's outputs to Kafka, by whether they are retried.",
-            ["retryable"],
-            namespace=ns,
-            registry=r,
-        )
-        for flag in ("true", "false"):
-            self.clickhouse_failures.labels(flag)
-            self.publish_failures.labels(flag)
-        # -- state of the process
-        self.health_status = Gauge(
-            "health_status",
-            "Health of the processor: 0 ok, 1 degraded, 2 critical (see GET /health).",
-            namespace=ns,
-            registry=r,
-        )
-        self.model_store_failing = Gauge(
-            "model_store_failing",
-            "1 while the model store's newest promoted set is refused (unreadable, unverified or "
-            "not fitting) and the previous set serves; 0 otherwise.",
-            namespace=ns,
-            registry=r,
-        )
-        self.models_loaded = Gauge(
-            "models_loaded", "Models in the loaded model set.", namespace=ns, registry=r
-        )
-        self.model_info = Gauge(
-            "model_info",
-            "One series per loaded model, with its version; the value is always 1.",
-            ["model", "version"],
-            namespace=ns,
-            registry=r,
-        )
-        self.entities = Gauge(
-            "entities", "Entities with state in the processor.", namespace=ns, registry=r
-        )
-        self.build = Info("build", "gridstream version.", namespace=ns, registry=r)
-        self.process = ProcessCollector(namespace=ns, registry=r)
+        for spec in METRICS:
+            setattr(self, spec.attr, make_metric(spec, r))
+        self.process = ProcessCollector(namespace=NAMESPACE, registry=r)
 
     def bind(
         self,

@@ -335,17 +335,7 @@ class Monitor:
             m.end_to_end.observe_many(np.maximum(latency, 0.0))
             apes, awaiting = report.forecast_apes, report.forecasts_awaiting
             if apes is None:  # one core without partition tasks (faust): measured here
-                fc = result.forecasts
-                apes = self.accuracy.update(
-                    batch.kind + "\x1f" + batch.entity,
-                    batch.ts_ms,
-                    batch.value,
-                    np.isfinite(result.expected),
-                    result.forecast_rows,
-                    fc.horizon_s,
-                    fc.target_ms,
-                    fc.p50,
-                )
+                apes = self.accuracy.track(batch, result).apes_by_horizon()
                 awaiting = self.accuracy.pending
             for horizon, ape in apes.items():
                 m.forecast_ape.observe_many(ape, horizon_s=str(horizon))

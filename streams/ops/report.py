@@ -1,7 +1,7 @@
 """What one processed batch did: the record both engines hand to monitors and progress displays.
 
 It lives with the operations side because the monitor, the metrics and the demo read it; the
-runtime builds it (``streams.runtime.runner.record_batch``), so the runtime imports ``ops`` and
+runtime builds it (``streams.runtime.batch.record_batch``), so the runtime imports ``ops`` and
 never the other way round.
 """
 

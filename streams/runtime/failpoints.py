@@ -2,13 +2,15 @@
 
 ``GRIDSTREAM_FAILPOINTS="between_outputs=0.1,before_commit=0.1"`` arms points with the
 probability of dying each time the loop passes them (``GRIDSTREAM_FAILPOINTS_SEED`` makes the
-draws repeatable). The kill is SIGKILL, as from the kernel's OOM killer or a lost machine: no
+draws repeatable); the CLI reads both (``streams.cli.failpoints_from_env``) and passes them in.
+The kill is SIGKILL, as from the kernel's OOM killer or a lost machine: no
 ``finally`` runs, nothing is flushed. Unset, a point costs one dict lookup per batch.
 
 The points, in the order a batch passes them:
 - ``after_process``: state updated, nothing written (mid-batch);
-- ``between_outputs``: one sink written, the other not yet (at-least-once publishes to Kafka
-  first, then ClickHouse; exactly-once writes ClickHouse, then commits the transaction);
+- ``between_outputs``: one sink written, the other not yet (``streams.runtime.delivery``:
+  at-least-once publishes to Kafka first, then ClickHouse; exactly-once writes ClickHouse, then
+  commits the transaction);
 - ``before_commit``: everything written and acknowledged, offsets not committed;
 - ``after_commit``: committed, checkpoint not yet written.
 """
@@ -46,11 +48,6 @@ class Failpoints:
     def __init__(self, armed: dict[str, float], seed: int | None = None) -> None:
         self.armed = armed
         self._rng = random.Random(seed)  # noqa: S311 - fault injection, not security
-
-    @classmethod
-    def from_env(cls) -> Failpoints:
-        seed = os.environ.get("GRIDSTREAM_FAILPOINTS_SEED")
-        return cls(parse(os.environ.get("GRIDSTREAM_FAILPOINTS", "")), int(seed) if seed else None)
 
     def hit(self, name: str) -> None:
         p = self.armed.get(name)

@@ -3,12 +3,14 @@
 For teams that already operate Faust workers. Faust (aiokafka) consumes both input topics in the
 consumer group ``GRIDSTREAM_KAFKA__GROUP_ID`` with its own assignor; one agent batches events with
 ``stream.take_events(batch_size, within=batch_timeout_s)`` (``take`` plus the events, whose
-topic/partition/offset dead letters need) and hands each batch to one worker thread, which runs
-exactly what the native runtime runs: ``decode_batch`` -> ``GridProcessor.process_batch`` ->
-ClickHouse (the same sink) -> forecasts, anomalies and dead letters through the same encoders and
-``TopicSink`` (a confluent-kafka producer: same keys, headers, acks and retries). No faust Tables:
-window state stays in the core. The thread keeps faust's event loop free, so heartbeats go on
-while a batch is written or retried; faust's bounded buffers then hold back further fetching.
+topic/partition/offset the batch step needs) and hands each batch to one worker thread, which
+runs the native runtime's batch step (``streams.runtime.batch.BatchStep``): the same decoder, one
+core per input partition (``TaskSet``), the same delivery policy and output order (Kafka, then
+ClickHouse, at-least-once), and the same ``TopicSink`` on a producer configured by
+``KafkaSettings.producer_config`` (same keys, headers, acks and retries). No faust Tables:
+window state stays in the partition tasks, which a worker keeps when a partition is revoked.
+The thread keeps faust's event loop free, so heartbeats go on while a batch is written or
+retried; faust's bounded buffers then hold back further fetching.
 
 Delivery: at-least-once, as the native runtime, with one difference in *when* offsets commit.
 Faust commits acknowledged offsets itself, every ``broker_commit_interval`` (2.8 s) and on
@@ -34,29 +36,23 @@ import ssl
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from confluent_kafka import Producer
 
-from models.processor import GridProcessor, ProcessResult
-from schemas.batch import DeadLetterRecord
-from schemas.decode import METER, SCADA, decode_batch
+from models.processor import GridProcessor
 from sinks.clickhouse import ClickHouseSink
-from sinks.encode import encode_anomalies, encode_dead_letters, encode_forecasts
-from sinks.exceptions import SinkError
 from sinks.topics import TopicSink
 from streams.config import ConfigError, Settings
 from streams.ops.monitor import NullMonitor, RunnerMonitor
 from streams.ops.report import BatchReport
-from streams.runtime.runner import (
-    RunStats,
-    StreamRunner,
-    _accepted,
-    ensure_topics,
-    record_batch,
-)
+from streams.runtime.batch import BatchStep, Consumed, Routing, RunStats
+from streams.runtime.delivery import Delivery, TopicRecords, WaitOnly
+from streams.runtime.failpoints import Failpoints
+from streams.runtime.runner import as_task_set, ensure_topics
+from streams.state.tasks import TaskId, TaskSet
 
 log = logging.getLogger("gridstream.faust")
 
@@ -120,33 +116,42 @@ class _NoLag:
 
 
 class FaustEngine:
-    """Runs a ``GridProcessor`` in a faust worker; the worker is built and started by ``run``.
+    """Runs the partition tasks in a faust worker; the worker is built and started by ``run``.
 
     The caller applies the ClickHouse schema (``ClickHouseSink.ensure_schema``) before ``run``.
     """
 
+    commits_per_batch = False  # faust commits acknowledged offsets on its own interval
+
     def __init__(
         self,
         settings: Settings,
-        processor: GridProcessor | None = None,
+        processor: TaskSet | GridProcessor | None = None,
         clickhouse: ClickHouseSink | None = None,
         *,
         clock: Callable[[], float] = time.time,
         on_batch: Callable[[BatchReport], None] | None = None,
         max_backoff_s: float = 30.0,
         monitor: RunnerMonitor | None = None,
+        failpoints: Failpoints | None = None,
     ) -> None:
         self.settings = settings
-        self.processor = processor or GridProcessor(settings.processing.params())
+        self.processor = as_task_set(settings, processor)
         self.clickhouse = clickhouse
-        self.clock = clock
         self.on_batch = on_batch
-        self.max_backoff_s = max_backoff_s
         self.monitor: RunnerMonitor = monitor or NullMonitor()
         self.stats = RunStats()
         self.error: BaseException | None = None
-        t = settings.topics
-        self._contract = {t.meter: METER, t.scada: SCADA}
+        self.pause = WaitOnly()  # faust's bounded buffers hold back fetching meanwhile
+        failpoints = failpoints or Failpoints({})
+        delivery = Delivery(
+            "at_least_once", settings.topics, clickhouse, self.monitor,
+            self.stats.counters, failpoints, max_backoff_s,
+        )
+        self.step = BatchStep(
+            settings.topics, settings.processing, self.processor, delivery, self.stats,
+            clock=clock, failpoints=failpoints,
+        )
         self._stop = threading.Event()
         self._worker: Any = None
         self._topics: TopicSink | None = None
@@ -174,8 +179,14 @@ class FaustEngine:
             ) from exc
         if self.settings.kafka.create_topics:
             ensure_topics(self.settings)
-        runner = StreamRunner(self.settings, self.processor, monitor=self.monitor)
-        self._topics = TopicSink(Producer(runner.producer_config()))
+        self._topics = TopicSink(
+            Producer(
+                {
+                    **self.monitor.kafka_config("producer"),
+                    **self.settings.kafka.producer_config(),
+                }
+            )
+        )
         with tempfile.TemporaryDirectory(prefix="gridstream-faust-") as datadir:
             app = faust.App(self.settings.kafka.group_id, **faust_options(self.settings, datadir))
             self._wire(app, stop)
@@ -244,107 +255,31 @@ class FaustEngine:
 
     # -- one batch, on the worker thread ----------------------------------------------------
     def _handle(self, messages: list[Any]) -> None:
-        started = time.perf_counter()
-        now_ms = int(self.clock() * 1000)
-        p = self.settings.processing
-        decoded = decode_batch(
+        batch = Consumed(
             [m.value for m in messages],
-            [self._contract[m.topic] for m in messages],
-            now_ms=now_ms,
-            max_age_ms=p.max_age_s * 1000,
-            max_future_ms=p.max_future_s * 1000,
+            [m.topic for m in messages],
+            [m.partition for m in messages],
+            [m.offset for m in messages],
+            lambda i: messages[i].key,
         )
-        t_process = time.perf_counter()
-        readings = decoded.readings
-        result = self.processor.process_batch(readings, now_ms)
-        t_deliver = time.perf_counter()
-        rejections = decoded.rejections + result.rejections
-        dead = [_dead_letter(messages[r.src_index], r, now_ms) for r in rejections]
-        self._deliver(result, dead, now_ms, _accepted(readings, result))
-        published_ms = int(self.clock() * 1000)
-        t_end = time.perf_counter()
-        report = record_batch(
-            self.stats,
-            self.settings.topics,
-            consumed=len(messages),
-            topics_of_records=[m.topic for m in messages],
-            readings=readings,
-            result=result,
-            dead=len(dead),
-            rejections=rejections,
-            duration_s=t_end - started,
-            stage_s={
-                "decode": t_process - started,
-                "process": t_deliver - t_process,
-                "deliver": t_end - t_deliver,  # faust commits later, on its own interval
-            },
-            published_ms=published_ms,
-        )
+        report = self.step.run(batch, self, self._stop)
         self.monitor.batch_done(report, _NoLag())  # type: ignore[arg-type]
         if self.on_batch is not None:
             self.on_batch(report)
 
-    def _deliver(
-        self, result: ProcessResult, dead: list[DeadLetterRecord], now_ms: int, accepted: Any
-    ) -> None:
-        """ClickHouse, then the topics; retry a retryable failure with backoff until stopped."""
+    # -- the batch step's engine port ---------------------------------------------------------
+    def replay_until(self) -> Mapping[TaskId, int]:
+        return {}  # no checkpoints under faust: nothing is replayed
+
+    def begin(self, route: Routing) -> None:
+        pass
+
+    def publish(self, records: TopicRecords, route: Routing) -> None:
         assert self._topics is not None
-        topics = self._topics
-        t = self.settings.topics
-        outputs = [
-            (t.forecasts, encode_forecasts(result.forecasts)),
-            (t.anomalies, encode_anomalies(result.anomalies)),
-            (t.dead_letters, encode_dead_letters(dead)),
-        ]
-        written_ch = self.clickhouse is None
-        backoff = 0.5
-        while True:
-            try:
-                if not written_ch:
-                    rows = len(result.forecasts) + len(result.anomalies) + len(dead)
-                    self._timed(
-                        "clickhouse",
-                        rows,
-                        lambda: self._write_clickhouse(result, dead, now_ms, accepted),
-                    )
-                    written_ch = True
-                rows = sum(len(records) for _, records in outputs)
-                self._timed("kafka", rows, lambda: topics.publish(outputs))
-                return
-            except SinkError as exc:
-                if not exc.retryable or self._stop.is_set():
-                    raise
-                self.stats.counters["sink_retries"] += 1
-                log.warning("output failed, retrying in %.1f s: %s", backoff, exc)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, self.max_backoff_s)
+        self._topics.publish(records)
 
-    def _write_clickhouse(
-        self, result: ProcessResult, dead: list[DeadLetterRecord], now_ms: int, accepted: Any
-    ) -> None:
-        assert self.clickhouse is not None
-        self.clickhouse.write(result.forecasts, result.anomalies, dead, now_ms, readings=accepted)
-        if result.drift_events:
-            self.clickhouse.write_drift_events(result.drift_events)
+    def commit(self, route: Routing) -> None:
+        pass  # faust commits acknowledged offsets itself (see the module docstring)
 
-    def _timed(self, sink: str, rows: int, write: Callable[[], None]) -> None:
-        started = time.perf_counter()
-        try:
-            write()
-        except SinkError as exc:
-            self.monitor.output(sink, rows, time.perf_counter() - started, exc)
-            raise
-        self.monitor.output(sink, rows, time.perf_counter() - started, None)
-
-
-def _dead_letter(msg: Any, rejection: Any, now_ms: int) -> DeadLetterRecord:
-    return DeadLetterRecord(
-        source_topic=msg.topic,
-        source_partition=msg.partition,
-        source_offset=msg.offset,
-        key=msg.key,
-        raw=msg.value or b"",
-        error_class=rejection.error_class,
-        error=rejection.error,
-        dead_lettered_ms=now_ms,
-    )
+    def state_events(self) -> dict[str, int]:
+        return {}

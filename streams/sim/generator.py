@@ -62,6 +62,17 @@ class TelemetrySimulator:
         self._noise = Generator(PCG64(noise))
         self._anomaly_rng = Generator(PCG64(anomaly))
         self._imperfect = Generator(PCG64(imperfect))
+        # the draws from ``rng`` happen in this order, which every seed's telemetry depends on
+        ids, meter_region, fd_region = self._topology(c)
+        self._draw_loads(rng, c, meter_region, fd_region)
+        self._theta: np.ndarray | None = None  # transformer oil temperature, °C
+        self._freq_dev = 0.0
+        self._groups(rng, c, ids)
+        self._pending: list[tuple[int, int, Chunk]] = []  # heap of late chunks by emit time
+        self._seq = 0
+
+    def _topology(self, c: SimConfig) -> tuple[tuple[list[str], ...], np.ndarray, np.ndarray]:
+        """Ids and the hierarchy (no random draws); the region of every meter and feeder."""
         a = c.assets
         n_sub = max(1, a // 10) if a >= 3 else 0
         n_tx = max(1, a // 5) if a >= 2 else 0
@@ -90,6 +101,14 @@ class TelemetrySimulator:
         fd_region = self._tx_sub[self._fd_tx] if n_sub else np.zeros(n_fd, dtype=int)
         meter_region = fd_region[self._meter_fd] if n_fd else np.zeros(c.meters, dtype=int)
         self._asset_region = np.concatenate([fd_region, self._tx_sub, np.arange(n_sub)])
+        return (meter_ids, fd_ids, tx_ids, sub_ids), meter_region, fd_region
+
+    def _draw_loads(
+        self, rng: Generator, c: SimConfig, meter_region: np.ndarray, fd_region: np.ndarray
+    ) -> None:
+        """Weather, load shapes and scales, power factors and ratings, drawn from ``rng``."""
+        a = c.assets
+        n_fd, _, n_sub = self._n
         self._region_offset = rng.normal(0.0, 1.5, max(n_sub, 1))
         self._weather = rng.uniform([[1.5], [1.0], [0.0]], [[12.0], [3.0], [2 * math.pi]], (3, 4))
         # load entities: every meter, then the unmetered load of each feeder
@@ -115,8 +134,10 @@ class TelemetrySimulator:
         self._rating = 1.2 * self._aggregate_mw(self._scale)  # from downstream peaks
         self._asset_pf = rng.uniform(0.92, 0.98, a)
         self._asset_voff = rng.uniform(-0.01, 0.03, a)
-        self._theta: np.ndarray | None = None  # transformer oil temperature, °C
-        self._freq_dev = 0.0
+
+    def _groups(self, rng: Generator, c: SimConfig, ids: tuple[list[str], ...]) -> None:
+        """The two reading groups (meters, SCADA assets) and their per-entity options."""
+        meter_ids, fd_ids, tx_ids, sub_ids = ids
         kinds = [ASSET_KINDS[k] for k in self._akind]
         self._meters = Group("meter", meter_ids, ["meter"] * c.meters, c.meter_interval_s)
         self._assets = Group("scada", fd_ids + tx_ids + sub_ids, kinds, c.scada_interval_s)
@@ -128,8 +149,6 @@ class TelemetrySimulator:
         self.entity_kinds = dict(
             zip(meter_ids + self._assets.ids, self._meters.kinds + kinds, strict=True)
         )
-        self._pending: list[tuple[int, int, Chunk]] = []  # heap of late chunks by emit time
-        self._seq = 0
 
     @property
     def next_due_ms(self) -> int:
@@ -231,7 +250,22 @@ class TelemetrySimulator:
         counts: list[int],
     ) -> None:
         """Apply anomalies, derive current, round, add imperfections, encode and queue."""
-        n, meter, c = len(g.ids), g.contract == "meter", self.config
+        meter = g.contract == "meter"
+        self._start_anomalies(g, t, labels)
+        act, power, volt = g.anomalies.factors()
+        cols[act, 0:2] *= power[:, None]
+        cols[act, 2] *= volt
+        cols[:, 3] = (
+            np.hypot(cols[:, 0], cols[:, 1]) * 1000.0 / (cols[:, 2] * (1 if meter else _SQRT3))
+        )
+        for j, d in enumerate((3, 3, 1, 2) if meter else (4, 4, 3, 1, 3, 1)):
+            cols[:, j] = np.round(cols[:, j], d)
+        g.anomalies.freeze(cols)
+        self._queue(g, t, cols, out, counts)
+
+    def _start_anomalies(self, g: Group, t: int, labels: list[LabelledAnomaly]) -> None:
+        """Draw the anomalies that start at ``t`` and label each one."""
+        c = self.config
         new, kinds, dur = g.anomalies.advance(
             self._anomaly_rng, c.anomaly_rate_per_day * g.interval_ms / _DAY_MS
         )
@@ -246,15 +280,10 @@ class TelemetrySimulator:
                     end_ts=end,
                 )
             )
-        act, power, volt = g.anomalies.factors()
-        cols[act, 0:2] *= power[:, None]
-        cols[act, 2] *= volt
-        cols[:, 3] = (
-            np.hypot(cols[:, 0], cols[:, 1]) * 1000.0 / (cols[:, 2] * (1 if meter else _SQRT3))
-        )
-        for j, d in enumerate((3, 3, 1, 2) if meter else (4, 4, 3, 1, 3, 1)):
-            cols[:, j] = np.round(cols[:, j], d)
-        g.anomalies.freeze(cols)
+
+    def _queue(self, g: Group, t: int, cols: np.ndarray, out: Columns, counts: list[int]) -> None:
+        """Imperfections (missing, late, duplicated readings), then encode and queue the rest."""
+        n, c = len(g.ids), self.config
         u = self._imperfect.random((3, n))
         late_steps = self._imperfect.integers(1, c.late_max_steps + 1, n)
         keep = np.flatnonzero(u[0] >= c.missing_rate)

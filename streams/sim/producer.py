@@ -13,24 +13,19 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-import orjson
 from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
     KafkaError,
     KafkaException,
     Message,
     Producer,
-    TopicPartition,
 )
 
 from schemas.exceptions import GridstreamError
-from schemas.readings import epoch_ms
 from streams.sim.generator import SimBatch, SimConfig, TelemetrySimulator
 
 log = logging.getLogger(__name__)
@@ -133,99 +128,22 @@ def run_simulator(
     default serves delivery reports while it waits). Labels are appended as JSON lines to
     ``labels_path`` and/or produced to ``labels_topic`` (key = entity id).
     """
-    if not (speed > 0):  # also rejects NaN
-        raise SimulatorError(
-            f"run_simulator: speed must be > 0 simulated s per wall s, got {speed}"
-        )
-    if duration_s is not None and until_ms is not None:
-        raise SimulatorError("run_simulator: give duration_s or until_ms, not both")
-    if not meter_topic or not scada_topic:
-        raise SimulatorError("run_simulator: meter_topic and scada_topic must be non-empty")
+    _check_arguments(speed, duration_s, until_ms, meter_topic, scada_topic)
     wall0 = clock()
     start = int(wall0 * 1000) if start_ms is None else int(start_ms)
     end = until_ms if duration_s is None else start + int(duration_s * 1000)
-    conf = {"bootstrap.servers": bootstrap} if isinstance(bootstrap, str) else dict(bootstrap)
     reports = _Deliveries()
-    producer = Producer(
-        {
-            **PRODUCER_DEFAULTS,
-            **conf,
-            "on_delivery": reports.on_delivery,
-            "error_cb": reports.on_error,
-        }
-    )
-    wait = sleep if sleep is not None else lambda s: producer.poll(s)
-    sim = TelemetrySimulator(config, start)
-    per_ms = config.meters / (config.meter_interval_s * 1e3) + config.assets / (
-        config.scada_interval_s * 1e3
-    )
-    chunk_ms = max(1000, int(_CHUNK_RECORDS / per_ms))
+    producer = _producer(bootstrap, reports)
+    pace = _Pace(wall0, start, end, speed, follow_clock, clock)
     topics = {"meter": meter_topic, "scada": scada_topic}
-    totals = {
-        "meter": 0,
-        "scada": 0,
-        "labels": 0,
-        "generated": 0,
-        "missing": 0,
-        "late": 0,
-        "dup": 0,
-    }
-    reached = start - 1  # nothing generated yet
-
-    def stats() -> SimStats:
-        return SimStats(
-            meter_records=totals["meter"],
-            scada_records=totals["scada"],
-            labels=totals["labels"],
-            delivered=reports.delivered,
-            delivery_errors=reports.failed,
-            generated=totals["generated"],
-            missing=totals["missing"],
-            late=totals["late"],
-            duplicates=totals["dup"],
-            held_back=sim.held_back,
-            sim_start_ms=start,
-            sim_time_ms=max(reached, start),
-            wall_s=clock() - wall0,
-            errors=tuple(reports.errors),
-        )
-
-    def due_wall(sim_ms: int) -> float:
-        """Wall time (epoch s) at which simulated time reaches ``sim_ms``."""
-        at = wall0 + (sim_ms - start) / 1000.0 / speed
-        return max(at, sim_ms / 1000.0) if follow_clock else at
-
+    run = _Run(producer, reports, TelemetrySimulator(config, start), topics, pace, labels_topic)
     labels_file: IO[bytes] | None = None
     try:
         if labels_path is not None:
             labels_file = open(labels_path, "ab")  # noqa: SIM115 - closed in finally
-        while not (stop_event is not None and stop_event.is_set()):
-            if reports.fatal is not None:
-                raise SimulatorError(f"simulator producer failed fatally: {reports.fatal.str()}")
-            now = clock()
-            target = start + (now - wall0) * 1000.0 * speed if math.isfinite(speed) else math.inf
-            if follow_clock:
-                target = min(target, now * 1000.0)
-            due = sim.next_due_ms
-            if due_wall(due) <= now:  # float epoch seconds can leave target a hair short of it
-                target = max(target, due)
-            if end is not None:
-                target = min(target, end)
-            capped = target > reached + chunk_ms
-            target_ms = int(min(target, reached + chunk_ms))
-            if target_ms > reached:
-                batch = sim.step_until(target_ms)
-                reached = target_ms
-                _produce(producer, batch, topics, totals)
-                _write_labels(producer, batch, labels_file, labels_topic, totals)
-                if progress is not None:
-                    progress(stats())
-            producer.poll(0)
-            if end is not None and reached >= end:
-                break
-            pause = due_wall(sim.next_due_ms) - clock()
-            if not capped and pause > 0:  # wait until the next record is due
-                wait(min(max(pause, 0.001), _MAX_SLEEP_S))
+        run.labels_file = labels_file
+        wait = sleep if sleep is not None else lambda s: producer.poll(s)
+        run.loop(stop_event, progress, wait)
     finally:
         if labels_file is not None:
             labels_file.close()
@@ -233,7 +151,10 @@ def run_simulator(
         if left:
             reports.failed += left
             reports.errors.append(f"{left} records not acknowledged within {flush_timeout_s} s")
-    result = stats()
+    return _logged(run.stats())
+
+
+def _logged(result: SimStats) -> SimStats:
     if result.delivery_errors:
         log.error(
             "simulator: %d of %d records were not delivered; first: %s",
@@ -242,6 +163,137 @@ def run_simulator(
             result.errors[:1],
         )
     return result
+
+
+def _producer(bootstrap: str | Mapping[str, object], reports: _Deliveries) -> Producer:
+    conf = {"bootstrap.servers": bootstrap} if isinstance(bootstrap, str) else dict(bootstrap)
+    return Producer(
+        {
+            **PRODUCER_DEFAULTS,
+            **conf,
+            "on_delivery": reports.on_delivery,
+            "error_cb": reports.on_error,
+        }
+    )
+
+
+def _check_arguments(
+    speed: float, duration_s: float | None, until_ms: int | None, meter: str, scada: str
+) -> None:
+    if not (speed > 0):  # also rejects NaN
+        raise SimulatorError(
+            f"run_simulator: speed must be > 0 simulated s per wall s, got {speed}"
+        )
+    if duration_s is not None and until_ms is not None:
+        raise SimulatorError("run_simulator: give duration_s or until_ms, not both")
+    if not meter or not scada:
+        raise SimulatorError("run_simulator: meter_topic and scada_topic must be non-empty")
+
+
+@dataclass(frozen=True, slots=True)
+class _Pace:
+    """How simulated time follows the wall clock: ``speed`` x, never ahead of it if
+    ``follow_clock``, and up to ``end`` (None: open-ended)."""
+
+    wall0: float
+    start: int
+    end: int | None
+    speed: float
+    follow_clock: bool
+    clock: Callable[[], float]
+
+    def due_wall(self, sim_ms: int) -> float:
+        """Wall time (epoch s) at which simulated time reaches ``sim_ms``."""
+        at = self.wall0 + (sim_ms - self.start) / 1000.0 / self.speed
+        return max(at, sim_ms / 1000.0) if self.follow_clock else at
+
+    def target(self, now: float, next_due_ms: int) -> float:
+        """The simulated time (ms) the run may reach at wall time ``now``."""
+        speed = self.speed
+        target = (
+            self.start + (now - self.wall0) * 1000.0 * speed if math.isfinite(speed) else math.inf
+        )
+        if self.follow_clock:
+            target = min(target, now * 1000.0)
+        if self.due_wall(next_due_ms) <= now:  # float epoch seconds can leave it a hair short
+            target = max(target, next_due_ms)
+        if self.end is not None:
+            target = min(target, self.end)
+        return target
+
+
+class _Run:
+    """One simulator run: generates up to the paced target, produces, counts."""
+
+    def __init__(
+        self,
+        producer: Producer,
+        reports: _Deliveries,
+        sim: TelemetrySimulator,
+        topics: dict[str, str],
+        pace: _Pace,
+        labels_topic: str | None,
+    ) -> None:
+        self.producer, self.reports, self.sim, self.topics = producer, reports, sim, topics
+        self.pace, self.labels_topic = pace, labels_topic
+        self.labels_file: IO[bytes] | None = None
+        c = sim.config
+        per_ms = c.meters / (c.meter_interval_s * 1e3) + c.assets / (c.scada_interval_s * 1e3)
+        self.chunk_ms = max(1000, int(_CHUNK_RECORDS / per_ms))
+        self.totals = dict.fromkeys(
+            ("meter", "scada", "labels", "generated", "missing", "late", "dup"), 0
+        )
+        self.reached = pace.start - 1  # nothing generated yet
+
+    def loop(
+        self,
+        stop: threading.Event | None,
+        progress: Callable[[SimStats], None] | None,
+        wait: Callable[[float], object],
+    ) -> None:
+        pace, sim, end = self.pace, self.sim, self.pace.end
+        while not (stop is not None and stop.is_set()):
+            if self.reports.fatal is not None:
+                raise SimulatorError(
+                    f"simulator producer failed fatally: {self.reports.fatal.str()}"
+                )
+            target = pace.target(pace.clock(), sim.next_due_ms)
+            capped = target > self.reached + self.chunk_ms
+            target_ms = int(min(target, self.reached + self.chunk_ms))
+            if target_ms > self.reached:
+                batch = sim.step_until(target_ms)
+                self.reached = target_ms
+                _produce(self.producer, batch, self.topics, self.totals)
+                _write_labels(
+                    self.producer, batch, self.labels_file, self.labels_topic, self.totals
+                )
+                if progress is not None:
+                    progress(self.stats())
+            self.producer.poll(0)
+            if end is not None and self.reached >= end:
+                return
+            pause = pace.due_wall(sim.next_due_ms) - pace.clock()
+            if not capped and pause > 0:  # wait until the next record is due
+                wait(min(max(pause, 0.001), _MAX_SLEEP_S))
+
+    def stats(self) -> SimStats:
+        t, reports, start = self.totals, self.reports, self.pace.start
+        return SimStats(
+            meter_records=t["meter"],
+            scada_records=t["scada"],
+            labels=t["labels"],
+            delivered=reports.delivered,
+            delivery_errors=reports.failed,
+            generated=t["generated"],
+            missing=t["missing"],
+            late=t["late"],
+            duplicates=t["dup"],
+            held_back=self.sim.held_back,
+            sim_start_ms=start,
+            sim_time_ms=max(self.reached, start),
+            wall_s=self.pace.clock() - self.pace.wall0,
+            errors=tuple(reports.errors),
+        )
 
 
 def _send(producer: Producer, topic: str, value: bytes, key: bytes) -> None:
@@ -289,75 +341,3 @@ def _write_labels(
         for label, line in zip(batch.labels, lines, strict=True):
             _send(producer, labels_topic, line, label.entity_id.encode())
     totals["labels"] += len(lines)
-
-
-def newest_reading_ms(
-    client_config: Mapping[str, object],
-    topics: Sequence[str],
-    *,
-    tail: int = 2000,
-    timeout_s: float = 30.0,
-) -> int | None:
-    """The newest ``ts`` (epoch ms) among the last ``tail`` records of every partition of
-    ``topics``, or None when they hold no reading (or do not exist).
-
-    A restarted simulator starts after it (``gridstream simulate --resume``), so a restart
-    continues the stream instead of producing its backfill again (every record of which would be
-    a duplicate or out of order for the processor, and a dead letter). Reading starts ``tail``
-    records below the high watermark and goes on to the end of each partition, so a broker
-    whose watermark undercounts (the embedded one counts batches) only costs more reading.
-    """
-    consumer = Consumer(
-        {
-            **client_config,
-            "group.id": f"gridstream-simulate-resume-{time.time_ns()}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
-    )
-    newest: int | None = None
-    try:
-        assignment: list[TopicPartition] = []
-        for topic in topics:
-            meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-            if meta is None or meta.error is not None:
-                continue
-            for partition in meta.partitions:
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=timeout_s
-                )
-                if high <= low:
-                    continue
-                start = max(low, high - tail) if high > 0 else OFFSET_BEGINNING
-                assignment.append(TopicPartition(topic, partition, start))
-        if not assignment:
-            return None
-        consumer.assign(assignment)
-        open_parts = {(tp.topic, tp.partition) for tp in assignment}
-        deadline = time.monotonic() + timeout_s
-        while open_parts and time.monotonic() < deadline:
-            for msg in consumer.consume(1000, 0.5):
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        open_parts.discard((msg.topic(), msg.partition()))
-                    continue
-                ts = _reading_ts(msg.value())
-                if ts is not None and (newest is None or ts > newest):
-                    newest = ts
-        if open_parts:
-            raise SimulatorError(
-                f"simulate --resume: could not read to the end of {sorted(open_parts)} "
-                f"within {timeout_s:.0f} s"
-            )
-    finally:
-        consumer.close()
-    return newest
-
-
-def _reading_ts(value: bytes | None) -> int | None:
-    """The ``ts`` of a reading in epoch ms (either contract form); None for anything else."""
-    try:
-        return epoch_ms(orjson.loads(value or b"").get("ts"))
-    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
-        return None

@@ -16,6 +16,7 @@ A task also holds the forecasts of its entities that wait for their actual readi
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -29,6 +30,21 @@ from streams.ops.accuracy import ForecastAccuracy
 TaskId = tuple[str, int]  # (topic, partition)
 
 
+def partition_of(keys: np.ndarray, partitions: int) -> np.ndarray:
+    """The partition of each key under librdkafka's default partitioner (``consistent_random``:
+    CRC-32 of the key bytes modulo the partition count), which the simulator and every
+    confluent-kafka producer use; a backtest places each entity where a live run finds it.
+
+    >>> partition_of(np.array(["m-1", "m-2", "m-1"]), 4).tolist()
+    [0, 2, 0]
+    """
+    if partitions == 1:
+        return np.zeros(len(keys), dtype=np.int64)
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    per_key = [zlib.crc32(k.encode()) % partitions for k in uniq.tolist()]
+    return np.asarray(per_key, dtype=np.int64)[inverse]
+
+
 @dataclass(slots=True)
 class Task:
     """One partition's core and how far into the partition its state reaches."""
@@ -40,17 +56,7 @@ class Task:
 
     def track(self, batch: ReadingBatch, result: ProcessResult) -> dict[int, np.ndarray]:
         """Feed a batch and its result to the task's forecast-error tracker; APEs by horizon."""
-        fc = result.forecasts
-        return self.accuracy.update(
-            batch.kind + "\x1f" + batch.entity,
-            batch.ts_ms,
-            batch.value,
-            np.isfinite(result.expected),
-            result.forecast_rows,
-            fc.horizon_s,
-            fc.target_ms,
-            fc.p50,
-        )
+        return self.accuracy.track(batch, result).apes_by_horizon()
 
 
 @dataclass(slots=True)

@@ -2,10 +2,14 @@
 
 Each row of the file becomes the JSON record a producer would send and goes through the live
 decoder (``schemas.decode.decode_batch``), so a row the service would dead-letter is dead-lettered
-here with the same reason, and the run goes on. Valid readings are fed to ``GridProcessor`` in
-batches that interleave entities by time (wide rounds are what make the core fast), while each
-entity's rows keep their file order, so a meter whose rows go back in time gets ``out_of_order``
-rejections exactly as it would live. The output has one row per input row, in input order.
+here with the same reason, and the run goes on. Valid readings are fed to the live run's
+per-partition cores (``streams.state.tasks.TaskSet``): each entity goes to the partition a
+producer's default partitioner sends its key to (``partition_of``, ``--partitions N``, default 1),
+so with the live topic's partition count the backtest computes what production computed (an
+integration test compares the two record for record). Readings are fed in batches that interleave
+entities by time (wide rounds are what make the core fast), while each entity's rows keep their
+file order, so a meter whose rows go back in time gets ``out_of_order`` rejections exactly as it
+would live. The output has one row per input row, in input order.
 
 The time-window rule of the live decoder is switched off (history is the point of a backtest);
 ``now`` is the file's latest reading plus 1 ms. Every input arrives in the same global order
@@ -33,14 +37,15 @@ import pandas as pd
 
 from models.ensemble import NowcastEnsemble
 from models.params import ProcessorParams
-from models.processor import GridProcessor, ProcessResult
-from schemas.batch import AnomalyRecord, ReadingBatch
+from models.processor import ProcessResult
+from schemas.batch import AnomalyRecord, ReadingBatch, entity_key
 from schemas.decode import METER, SCADA, decode_batch
 from schemas.exceptions import GridstreamError
+from schemas.outputs import SEVERITIES
 from schemas.readings import MAX_TS_MS, MIN_TS_MS
+from streams.state.tasks import TaskSet, partition_of
 
 DEFAULT_BATCH_SIZE = 5000
-SEVERITIES = ("info", "warning", "critical")  # by rank, as models.detectors.severity_rank
 # Contract fields read from the file, by kind of value; other columns are ignored.
 _TEXT = {METER: ("meter_id", "quality"), SCADA: ("asset_id", "asset_kind", "quality")}
 _NUMBERS = {
@@ -86,6 +91,7 @@ def backtest_values(
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_batch: Callable[[ReadingBatch, ProcessResult], None] | None = None,
     ensemble: NowcastEnsemble | None = None,
+    partitions: int = 1,
 ) -> BacktestResult:
     """Decode records as the live service does, process them, and map results back to rows.
 
@@ -93,6 +99,8 @@ def backtest_values(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if partitions < 1:
+        raise ValueError(f"partitions must be >= 1, got {partitions}")
     params = params or ProcessorParams()
     n = len(values)
     horizons = tuple(params.horizons_s)
@@ -118,30 +126,41 @@ def backtest_values(
     if len(readings) == 0:
         return out
     now_ms = int(readings.ts_ms.max()) + 1
-    processor = GridProcessor(params, ensemble=ensemble)
+    tasks = TaskSet(params, ensemble)
+    # one task per (contract, partition), as live has one per (input topic, partition)
+    tids = [(c, p) for c in (METER, SCADA) for p in range(partitions)]
+    is_scada = np.array([contracts[i] == SCADA for i in readings.src_index.tolist()], dtype=bool)
+    task = partition_of(readings.entity, partitions) + partitions * is_scada
     column = {h: k for k, h in enumerate(horizons)}
     for order in _arrival_batches(readings, batch_size):
         batch = readings.take(order)
-        res = processor.process_batch(batch, now_ms)
-        src = batch.src_index
-        out.score[src] = res.score
-        out.severity[src] = res.severity
-        out.expected[src] = res.expected
-        if len(res.forecasts):
-            rows = src[res.forecast_rows]
-            cols = np.fromiter((column[h] for h in res.forecasts.horizon_s.tolist()), np.int64)
-            for q, name in enumerate(("p10", "p50", "p90")):
-                out.quantiles[q, rows, cols] = getattr(res.forecasts, name)
-        for r in res.rejections:  # their src_index is already the row number
-            out.dead_letter[r.src_index] = r.error_class
-            out.dead_letter_error[r.src_index] = r.error
-        out.counters["dead_letters"] += len(res.rejections)
-        out.counters.update(res.counters)
-        out.events.extend(res.anomalies)
-        out.batches += 1
+        res = tasks.process(batch, task[order], tids, now_ms).result
+        _record(out, batch, res, column)
         if on_batch is not None:
             on_batch(batch, res)
     return out
+
+
+def _record(
+    out: BacktestResult, batch: ReadingBatch, res: ProcessResult, column: dict[int, int]
+) -> None:
+    """Write a processed batch's results into the rows its readings came from."""
+    src = batch.src_index
+    out.score[src] = res.score
+    out.severity[src] = res.severity
+    out.expected[src] = res.expected
+    if len(res.forecasts):
+        rows = src[res.forecast_rows]
+        cols = np.fromiter((column[h] for h in res.forecasts.horizon_s.tolist()), np.int64)
+        for q, name in enumerate(("p10", "p50", "p90")):
+            out.quantiles[q, rows, cols] = getattr(res.forecasts, name)
+    for r in res.rejections:  # their src_index is already the row number
+        out.dead_letter[r.src_index] = r.error_class
+        out.dead_letter_error[r.src_index] = r.error
+    out.counters["dead_letters"] += len(res.rejections)
+    out.counters.update(res.counters)
+    out.events.extend(res.anomalies)
+    out.batches += 1
 
 
 def _arrival_batches(readings: ReadingBatch, batch_size: int) -> list[np.ndarray]:
@@ -152,7 +171,7 @@ def _arrival_batches(readings: ReadingBatch, batch_size: int) -> list[np.ndarray
     a reading that goes back in time stays right after its predecessor (and is rejected as out of
     order, as it would be live) instead of being sorted into place.
     """
-    key = readings.kind + "\x1f" + readings.entity
+    key = entity_key(readings.kind, readings.entity)
     ts = pd.Series(readings.ts_ms)
     running_max = ts.groupby(pd.Series(key)).cummax().to_numpy()
     order = np.lexsort((readings.src_index, running_max))
@@ -285,11 +304,12 @@ def backtest_frame(
     batch_size: int = DEFAULT_BATCH_SIZE,
     ensemble: NowcastEnsemble | None = None,
     on_batch: Callable[[ReadingBatch, ProcessResult], None] | None = None,
+    partitions: int = 1,
 ) -> tuple[pd.DataFrame, BacktestResult]:
     """Backtest the rows of a table of readings; returns the output table and the raw result."""
     values, contract = encode_rows(frame)
     result = backtest_values(values, [contract] * len(values), params, batch_size,
-                             on_batch=on_batch, ensemble=ensemble)
+                             on_batch=on_batch, ensemble=ensemble, partitions=partitions)
     id_column = "meter_id" if contract == METER else "asset_id"
     return result_columns(frame, result, id_column), result
 
@@ -324,7 +344,10 @@ def backtest_file(
     batch_size: int = DEFAULT_BATCH_SIZE,
     ensemble: NowcastEnsemble | None = None,
     on_batch: Callable[[ReadingBatch, ProcessResult], None] | None = None,
+    partitions: int = 1,
 ) -> BacktestResult:
-    table, result = backtest_frame(read_input(input_path), params, batch_size, ensemble, on_batch)
+    table, result = backtest_frame(
+        read_input(input_path), params, batch_size, ensemble, on_batch, partitions
+    )
     write_output(table, output_path)
     return result

@@ -12,24 +12,28 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import replace
 from pathlib import Path
 
-from models.evaluation import ForecastTracker, match_detections, median
+import numpy as np
+
+from models.evaluation import HorizonError, match_detections, median
+from schemas.accuracy import percentage_error
 from schemas.batch import AnomalyRecord
+from schemas.outputs import SEVERITIES
 from sinks.clickhouse import ClickHouseSink
 from sinks.clickhouse_backend import ChdbBackend
 from sinks.encode import anomaly_json
 from streams.config import ClickHouseSettings, KafkaSettings, Settings
+from streams.ops.accuracy import ForecastAccuracy, Matches
 from streams.ops.http import HttpServer, start_http_server
 from streams.ops.monitor import Monitor
 from streams.ops.report import BatchReport
 from streams.runtime.runner import StreamRunner, ensure_topics
-from streams.runtime.wiring import clickhouse_sink
+from streams.service import Assembly, build_service
 from streams.sim.generator import SimConfig
 from streams.sim.producer import SimStats, run_simulator
-from streams.state.tasks import TaskSet
 from streams.tools.broker import EmbeddedBroker
 from streams.tools.report import ReportSummary
 from streams.tools.report_input import load_labels
@@ -44,7 +48,8 @@ class DemoState:
     def __init__(self, horizons: tuple[int, ...]) -> None:
         self.lock = threading.Lock()
         self.horizons = horizons
-        self.tracker = ForecastTracker()
+        self.accuracy = ForecastAccuracy()  # the /metrics rule (schemas.accuracy), all entities
+        self.errors: dict[int, HorizonError] = defaultdict(HorizonError)
         self.counters: Counter[str] = Counter()
         self.events: list[AnomalyRecord] = []
         self.first_ts: int | None = None
@@ -54,8 +59,7 @@ class DemoState:
         result, readings = report.result, report.readings_batch
         with self.lock:
             # forecasts first: a target inside the same batch is then matched too
-            self.tracker.add_forecasts(result.forecasts)
-            self.tracker.add_actuals(readings, self.horizons)
+            _add_errors(self.errors, self.accuracy.track(readings, result))
             self.counters.update(result.counters)
             self.counters["consumed"] += report.consumed
             self.counters["dead_letters"] += report.dead_letters
@@ -63,6 +67,21 @@ class DemoState:
             self.batch_s.append(report.duration_s)
             if len(readings) and self.first_ts is None:
                 self.first_ts = int(readings.ts_ms.min())
+
+
+def _add_errors(errors: dict[int, HorizonError], m: Matches) -> None:
+    """Sum matched forecasts into per-horizon totals (MAE, MAPE, WAPE, p10-p90 coverage)."""
+    ape = percentage_error(m.actual, m.p50)
+    for h in np.unique(m.horizon_s).tolist():
+        rows = m.horizon_s == h
+        actual, err, ape_h = m.actual[rows], errors[h], ape[rows]
+        defined = np.isfinite(ape_h)
+        err.n += int(rows.sum())
+        err.abs_err += float(np.abs(actual - m.p50[rows]).sum())
+        err.abs_actual += float(np.abs(actual).sum())
+        err.ape_sum += float(ape_h[defined].sum())
+        err.ape_n += int(defined.sum())
+        err.covered += int(((m.p10[rows] <= actual) & (actual <= m.p90[rows])).sum())
 
 
 def _demo_settings(base: Settings, bootstrap: str) -> Settings:
@@ -106,49 +125,14 @@ def run_demo(
         settings = _demo_settings(base, broker.bootstrap)
         ensure_topics(settings)
         backend = ChdbBackend(settings.clickhouse.path)
-        sink = clickhouse_sink(settings, backend)
-        assert sink is not None
-        sink.ensure_schema()
         state = DemoState(settings.processing.horizons_s)
-        processor = TaskSet(settings.processing.params())
-        monitor = Monitor(processor)
-        monitor.health.clickhouse_connected()
-        server = _http(settings, monitor, write)
-        runner = StreamRunner(settings, processor, sink, on_batch=state.on_batch, monitor=monitor)
-        runner_stop, sim_stop = threading.Event(), threading.Event()
-        runner_error: list[BaseException] = []
-
-        def run_processor() -> None:
-            try:
-                runner.run(runner_stop)
-            except BaseException as exc:  # noqa: BLE001 - reported by the main thread
-                runner_error.append(exc)
-
-        now_ms = int(started * 1000)
-        backfill_ms = BACKFILL_DAYS * 86_400_000
-        replay_s = max(seconds * 0.7, 1.0)
-        sim_result: list[SimStats] = []
+        service = build_service(settings, Assembly(backend=backend, on_batch=state.on_batch))
+        service.ensure_schema()
+        sink, runner = service.sink, service.engine
+        assert sink is not None and isinstance(runner, StreamRunner)
+        server = _http(settings, service.monitor, write)
         config = SimConfig(meters=meters, assets=assets, seed=7, anomaly_rate_per_day=0.4)
-        t = settings.topics
-        sim_thread = threading.Thread(
-            target=lambda: sim_result.append(
-                run_simulator(
-                    broker.bootstrap,
-                    t.meter,
-                    t.scada,
-                    config,
-                    start_ms=now_ms - backfill_ms,
-                    speed=backfill_ms / 1000.0 / replay_s,
-                    until_ms=now_ms,
-                    follow_clock=True,
-                    labels_path=labels_file,
-                    stop_event=sim_stop,
-                )
-            ),
-            name="simulator",
-            daemon=True,
-        )
-        proc_thread = threading.Thread(target=run_processor, name="processor", daemon=True)
+        parts = _Parts(runner, broker.bootstrap, settings, config, labels_file)
         write(
             f"gridstream demo: broker {broker.bootstrap}, ClickHouse (chDB) at "
             f"{settings.clickhouse.path}, database {settings.clickhouse.database}"
@@ -157,52 +141,18 @@ def run_demo(
             f"replaying {BACKFILL_DAYS} days of telemetry from {meters} meters and {assets} "
             f"SCADA assets with injected anomalies, for about {seconds:.0f} s\n"
         )
-        proc_thread.start()
-        sim_thread.start()
-        deadline = started + seconds
-        last_n, last_t = 0, time.time()
-        while not stop.is_set() and time.time() < deadline and not runner_error:
-            stop.wait(1.0)
-            with state.lock:
-                c = Counter(state.counters)
-            now = time.time()
-            rate = (c["consumed"] - last_n) / max(now - last_t, 1e-6)
-            last_n, last_t = c["consumed"], now
-            write(
-                f"  {now - started:5.1f}s  readings {c['consumed']:>9,} ({rate:>8,.0f}/s)  "
-                f"forecasts {c['forecasts']:>9,}  anomalies critical {c['anomalies_critical']:>4}"
-                f" warning {c['anomalies_warning']:>4} info {c['anomalies_info']:>4}  "
-                f"dead letters {c['dead_letters']:>5,}"
-            )
-            if not sim_thread.is_alive() and sim_result and c["consumed"] >= sim_result[0].produced:
-                break  # everything produced has been processed
-        sim_stop.set()
-        sim_thread.join(30)
-        produced = sim_result[0].produced if sim_result else 0
-        drain_until = time.time() + max(5.0, 0.3 * seconds)
-        while time.time() < drain_until and not runner_error:
-            with state.lock:
-                if state.counters["consumed"] >= produced:
-                    break
-            time.sleep(0.2)
-        runner_stop.set()
-        proc_thread.join(60)
+        parts.start(started, seconds)
+        _show_progress(write, state, parts, stop, started, seconds)
+        parts.finish(state, seconds)
         backend_summary = _clickhouse_counts(sink)
         report = _report(backend, settings, state, labels_file, write)
         backend.close()
         if server is not None:
             server.stop()
-    if runner_error:
-        raise runner_error[0]
-    _summary(
-        write,
-        state,
-        sim_result[0] if sim_result else None,
-        labels_file,
-        backend_summary,
-        time.time() - started,
-        settings,
-    )
+    if parts.error:
+        raise parts.error[0]
+    sim = parts.sim_result[0] if parts.sim_result else None
+    _summary(write, state, sim, labels_file, backend_summary, time.time() - started, settings)
     if report is not None:
         write(f"\n{report.line()}\nopen it in a browser (it works offline): {report.path}")
         write(f"again, or for other entities and times: gridstream report --since 8d --labels "
@@ -224,6 +174,93 @@ def _report(backend: ChdbBackend, settings: Settings, state: DemoState, labels_f
     inp = replace(inp, title="gridstream demo",
                   source=f"demo: simulated telemetry in {inp.source}")
     return write_report(inp, path)
+
+
+class _Parts:
+    """The demo's two threads: the processor (the assembled service) and the simulator."""
+
+    def __init__(
+        self, runner: StreamRunner, bootstrap: str, settings: Settings, config: SimConfig,
+        labels_file: Path,
+    ) -> None:
+        self.runner, self.bootstrap, self.settings = runner, bootstrap, settings
+        self.config, self.labels_file = config, labels_file
+        self.runner_stop, self.sim_stop = threading.Event(), threading.Event()
+        self.error: list[BaseException] = []
+        self.sim_result: list[SimStats] = []
+        self.proc_thread = threading.Thread(target=self._process, name="processor", daemon=True)
+        self.sim_thread: threading.Thread | None = None
+
+    def _process(self) -> None:
+        try:
+            self.runner.run(self.runner_stop)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            self.error.append(exc)
+
+    def start(self, started: float, seconds: float) -> None:
+        """Backfill ``BACKFILL_DAYS`` of telemetry in about 70 % of ``seconds``."""
+        now_ms = int(started * 1000)
+        backfill_ms = BACKFILL_DAYS * 86_400_000
+        replay_s = max(seconds * 0.7, 1.0)
+        t = self.settings.topics
+
+        def simulate() -> None:
+            self.sim_result.append(
+                run_simulator(
+                    self.bootstrap, t.meter, t.scada, self.config,
+                    start_ms=now_ms - backfill_ms, speed=backfill_ms / 1000.0 / replay_s,
+                    until_ms=now_ms, follow_clock=True, labels_path=self.labels_file,
+                    stop_event=self.sim_stop,
+                )
+            )
+
+        self.sim_thread = threading.Thread(target=simulate, name="simulator", daemon=True)
+        self.proc_thread.start()
+        self.sim_thread.start()
+
+    def simulated_all(self, consumed: int) -> bool:
+        """The simulator finished and the processor consumed everything it produced."""
+        done = self.sim_thread is not None and not self.sim_thread.is_alive()
+        return done and bool(self.sim_result) and consumed >= self.sim_result[0].produced
+
+    def finish(self, state: DemoState, seconds: float) -> None:
+        """Stop the simulator, let the processor drain what was produced, then stop it."""
+        self.sim_stop.set()
+        if self.sim_thread is not None:
+            self.sim_thread.join(30)
+        produced = self.sim_result[0].produced if self.sim_result else 0
+        drain_until = time.time() + max(5.0, 0.3 * seconds)
+        while time.time() < drain_until and not self.error:
+            with state.lock:
+                if state.counters["consumed"] >= produced:
+                    break
+            time.sleep(0.2)
+        self.runner_stop.set()
+        self.proc_thread.join(60)
+
+
+def _show_progress(
+    write, state: DemoState, parts: _Parts, stop: threading.Event,  # noqa: ANN001
+    started: float, seconds: float,
+) -> None:
+    """One progress line a second until the time is up or everything produced was processed."""
+    deadline = started + seconds
+    last_n, last_t = 0, time.time()
+    while not stop.is_set() and time.time() < deadline and not parts.error:
+        stop.wait(1.0)
+        with state.lock:
+            c = Counter(state.counters)
+        now = time.time()
+        rate = (c["consumed"] - last_n) / max(now - last_t, 1e-6)
+        last_n, last_t = c["consumed"], now
+        write(
+            f"  {now - started:5.1f}s  readings {c['consumed']:>9,} ({rate:>8,.0f}/s)  "
+            f"forecasts {c['forecasts']:>9,}  anomalies critical {c['anomalies_critical']:>4}"
+            f" warning {c['anomalies_warning']:>4} info {c['anomalies_info']:>4}  "
+            f"dead letters {c['dead_letters']:>5,}"
+        )
+        if parts.simulated_all(c["consumed"]):
+            break  # everything produced has been processed
 
 
 def _http(settings: Settings, monitor: Monitor, write) -> HttpServer | None:  # noqa: ANN001
@@ -284,18 +321,28 @@ def _summary(
         shown = "-" if math.isnan(delay) else f"{delay / 60:.0f} min"
         write(f"  {kind:<13} recall {found:>3}/{total:<3} median delay {shown}")
     write("\nnowcast error against the actual readings:")
-    for h, err in sorted(state.tracker.by_horizon.items()):
+    for h, err in sorted(state.errors.items()):
         write(
             f"  horizon {h:>5} s: n {err.n:>8,}  MAPE {err.mape:6.2f} %  WAPE {err.wape:6.2f} %"
             f"  MAE {err.mae:.3f}  p10-p90 coverage {100 * err.coverage:5.1f} %"
         )
-    sev = Counter(e.severity for e in state.events)
+    _examples(write, state.events)
+    db = settings.clickhouse.database
+    write(
+        f'\nquery the results: gridstream query "SELECT severity, count() FROM {db}.anomalies '
+        'FINAL GROUP BY severity"'
+    )
+
+
+def _examples(write, events: list[AnomalyRecord]) -> None:  # noqa: ANN001
+    """Counts by severity and one example event of each."""
+    sev = Counter(e.severity for e in events)
     write(
         f"\nanomaly events: critical {sev['critical']}, warning {sev['warning']}, "
         f"info {sev['info']}"
     )
-    for severity in ("critical", "warning", "info"):
-        ev = next((e for e in state.events if e.severity == severity), None)
+    for severity in reversed(SEVERITIES):
+        ev = next((e for e in events if e.severity == severity), None)
         if ev is not None:
             doc = anomaly_json(ev)
             top = doc["explanation"][0] if doc["explanation"] else {}
@@ -305,11 +352,6 @@ def _summary(
                 f"{_num(top.get('value'))}, expected {_num(top.get('expected'))}, "
                 f"deviation {_num(top.get('deviation'))}"
             )
-    db = settings.clickhouse.database
-    write(
-        f'\nquery the results: gridstream query "SELECT severity, count() FROM {db}.anomalies '
-        'FINAL GROUP BY severity"'
-    )
 
 
 def _pct(x: float) -> str:

@@ -3,18 +3,8 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
-
-from streams.config import (
-    ClickHouseSettings,
-    KafkaSettings,
-    ProcessingSettings,
-    Settings,
-    TopicSettings,
-    load_settings,
-)
 
 
 def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
@@ -86,37 +76,3 @@ def end_offsets(bootstrap: str, topic: str, partitions: int) -> list[int]:
 
 def headers(msg: Message) -> dict[str, bytes]:
     return dict(msg.headers() or [])
-
-
-def make_settings(
-    bootstrap: str,
-    unique: str,
-    chdb_path: Path,
-    *,
-    group: str = "g",
-    partitions: int = 2,
-    **processing: object,
-) -> Settings:
-    """Settings of one test: fresh topics, group and database; a fast group join on Tansu."""
-    return load_settings(
-        kafka=KafkaSettings(
-            bootstrap_servers=bootstrap,
-            group_id=f"{group}-{unique}",
-            partitions=partitions,
-            batch_size=500,
-            batch_timeout_s=0.2,
-            session_timeout_ms=6000,
-            # the embedded broker holds a static member's join and sync 3 s each; tests that
-            # need the default (static) turn it back on
-            static_membership=False,
-        ),
-        topics=TopicSettings(
-            meter=f"meter-{unique}",
-            scada=f"scada-{unique}",
-            forecasts=f"fc-{unique}",
-            anomalies=f"an-{unique}",
-            dead_letters=f"dl-{unique}",
-        ),
-        clickhouse=ClickHouseSettings(backend="chdb", path=chdb_path, database=f"t_{unique}"),
-        processing=ProcessingSettings(**processing),
-    )

@@ -23,10 +23,12 @@ from models.processor import GridProcessor
 from streams.config import Settings
 from streams.ops.report import BatchReport
 from streams.runtime.runner import StreamRunner, ensure_topics
-from tests.integration.helpers import committed, end_offsets, headers, make_settings, produce
+from tests.integration.conftest import RunnerThread, make_settings
+from tests.integration.helpers import committed, end_offsets, headers, produce
 from tests.integration.helpers import read_all as _read_all
 
-pytestmark = pytest.mark.integration
+# slow (make test-all): a faust worker and a native run over the same input, about 40 s
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 pytest.importorskip("faust")
 
@@ -59,9 +61,8 @@ def _workload(now_ms: int) -> list[tuple[bytes, bytes]]:
 
 
 def _settings(bootstrap: str, unique: str, tag: str, tmp: Path) -> Settings:
-    s = make_settings(bootstrap, f"{tag}_{unique}", tmp / f"chdb-{tag}", partitions=1)
-    topics = s.topics.model_copy(update={"meter": f"meter-{unique}", "scada": f"scada-{unique}"})
-    return s.model_copy(update={"topics": topics})
+    """One engine's run: its own group, outputs and database over the shared input topics."""
+    return make_settings(bootstrap, unique, tmp / f"chdb-{tag}", partitions=1, tag=tag)
 
 
 def _env(settings: Settings, tmp: Path) -> dict[str, str]:
@@ -95,10 +96,10 @@ def _run_native(settings: Settings, n: int) -> None:
             stop.set()
 
     runner = StreamRunner(settings, GridProcessor(settings.processing.params()), on_batch=on_batch)
-    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
-    thread.start()
-    thread.join(120)
-    assert not thread.is_alive(), f"native runtime processed {seen[0]} of {n}"
+    running = RunnerThread(runner, stop=stop)
+    running.thread.join(120)  # on_batch stops it once every record is seen
+    assert not running.thread.is_alive(), f"native runtime processed {seen[0]} of {n}"
+    running.close()
 
 
 def _run_faust(settings: Settings, tmp: Path) -> str:

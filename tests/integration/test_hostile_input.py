@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from sinks.clickhouse import ClickHouseSink
 from sinks.clickhouse_backend import ChdbBackend
 from streams.runtime.runner import StreamRunner, ensure_topics
-from tests.integration.helpers import make_settings, produce, read_all
+from tests.integration.conftest import make_settings
+from tests.integration.helpers import produce, read_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -20,10 +20,11 @@ from prometheus_client import CollectorRegistry
 from streams.config import ClickHouseSettings, ProcessingSettings, Settings
 from streams.ops.monitor import Monitor
 from streams.runtime.runner import StreamRunner, ensure_topics
-from tests.integration.helpers import make_settings
+from tests.integration.conftest import make_settings
 from tests.integration.recovery import meter_workload, produce_tracked
 
-pytestmark = pytest.mark.integration
+# slow (make test-all): three lives with restores from checkpoints, about 25 s
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 PARTITIONS = 4
 
 # every series the dashboard and the alert rules read that a batch moves (docker/)

@@ -11,7 +11,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import certifi
 import orjson
@@ -37,14 +37,14 @@ from streams.runtime.runner import StreamRunner, ensure_topics
 from streams.runtime.wiring import clickhouse_backend
 from streams.state.tasks import TaskSet
 from streams.tools.broker import EmbeddedBroker
-from tests.integration.helpers import make_settings, produce
+from tests.integration.conftest import RunnerThread, make_settings, wait_until
+from tests.integration.helpers import produce
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 STEP_MS = 900_000
 PARTITIONS = 2
-T = TypeVar("T")
 
 
 class LockedBackend:
@@ -139,18 +139,6 @@ def health(server: HttpServer) -> tuple[int, dict[str, Any]]:
     return status, orjson.loads(body)
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = 90.0) -> T:
-    """Poll until ``probe`` returns something truthy; the deadline only bounds a failing test."""
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
-
-
 def health_is(server: HttpServer, status: str) -> Callable[[], dict[str, Any] | None]:
     def probe() -> dict[str, Any] | None:
         code, body = health(server)
@@ -176,7 +164,7 @@ def own_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
         yield running
 
 
-class Processor:
+class Processor(RunnerThread):
     """A runner on its own thread with the monitor and HTTP server of ``gridstream run``."""
 
     def __init__(self, settings: Settings, sink: ClickHouseSink) -> None:
@@ -186,29 +174,14 @@ class Processor:
         self.server = start_http_server(
             0, self.monitor.health, self.monitor.registry, self.monitor.models, host="127.0.0.1"
         )
-        self.runner = StreamRunner(
-            settings, processor, sink, monitor=self.monitor, max_backoff_s=0.5
+        super().__init__(
+            StreamRunner(settings, processor, sink, monitor=self.monitor, max_backoff_s=0.5)
         )
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="runner", daemon=True)
-        self.thread.start()
 
-    def _run(self) -> None:
-        try:
-            self.runner.run(self.stop)
-        except BaseException as exc:  # noqa: BLE001 - reported to the test
-            self.error = exc
-
-    def check(self) -> bool:
-        """True while the runner is alive; its error, if it died."""
-        if self.error is not None:
-            raise AssertionError(f"the runner failed: {self.error!r}") from self.error
-        return True
-
-    def close(self) -> None:
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Stop the runner and the server; the runner's own error is the test's to check."""
         self.stop.set()
-        self.thread.join(60)
+        self.thread.join(timeout_s)
         self.server.stop()
 
 
@@ -234,7 +207,7 @@ def test_metrics_health_and_models_of_a_running_processor(
     proc = Processor(settings, sink)
     try:
         # -- a running processor: every metric has the value the runner's own counters have
-        m = wait_for(
+        m = wait_until(
             "every record consumed",
             lambda: (
                 proc.check()
@@ -272,7 +245,9 @@ def test_metrics_health_and_models_of_a_running_processor(
         assert m.value("gridstream_partitions_assigned") == 2 * PARTITIONS
         lag = m.series("gridstream_consumer_lag")
         assert {s["topic"] for s in lag} <= {t.meter, t.scada} and lag
-        assert all(v >= 0 for (n, _), v in m.samples.items() if n == "gridstream_consumer_lag")
+        # one series per input partition the processor holds (the monitor clamps values at 0)
+        held = {(topic, str(p)) for topic in (t.meter, t.scada) for p in range(PARTITIONS)}
+        assert {(s["topic"], s["partition"]) for s in lag} <= held
         assert m.value("gridstream_clickhouse_insert_duration_seconds_count") >= 1
         assert m.total("gridstream_clickhouse_insert_failures_total") == 0
         assert m.value("gridstream_kafka_publish_duration_seconds_count") >= 1
@@ -286,7 +261,7 @@ def test_metrics_health_and_models_of_a_running_processor(
             f"alerts/dashboards use metrics the processor does not export: {missing}"
         )
 
-        body = wait_for("health ok", health_is(proc.server, "ok"))
+        body = wait_until("health ok", health_is(proc.server, "ok"))
         assert body["kafka"] == "connected" and body["clickhouse"] == "connected"
         assert body["models_loaded"] == 3 and body["uptime"] > 0 and body["reasons"] == []
         assert datetime.fromisoformat(body["timestamp"]).utcoffset().total_seconds() == 0
@@ -303,7 +278,7 @@ def test_metrics_health_and_models_of_a_running_processor(
         backend.command(f"ALTER TABLE {db}.forecasts MODIFY SETTING parts_to_throw_insert = 1")
         more = _meters(start, range(60, 63))
         produce(own_broker.bootstrap, t.meter, more)
-        body = wait_for("health degraded", health_is(proc.server, "degraded"))
+        body = wait_until("health degraded", health_is(proc.server, "degraded"))
         assert body["clickhouse"] == "failing" and body["kafka"] == "connected"
         assert "TOO_MANY_PARTS" in body["reasons"][0]
         m = scrape(proc.server)
@@ -312,28 +287,28 @@ def test_metrics_health_and_models_of_a_running_processor(
         assert m.value("gridstream_readings_consumed_total", topic=t.meter) == len(records)
 
         backend.command(f"ALTER TABLE {db}.forecasts RESET SETTING parts_to_throw_insert")
-        body = wait_for("health ok after ClickHouse is back", health_is(proc.server, "ok"))
+        body = wait_until("health ok after ClickHouse is back", health_is(proc.server, "ok"))
         assert body["clickhouse"] == "connected"
         consumed = scrape(proc.server).value("gridstream_readings_consumed_total", topic=t.meter)
         assert consumed == len(records) + len(more)
 
         # -- the broker goes away: critical (503); it comes back: ok
         own_broker.stop()
-        body = wait_for("health critical", health_is(proc.server, "critical"))
+        body = wait_until("health critical", health_is(proc.server, "critical"))
         assert body["kafka"] == "disconnected"
         assert any(r.startswith("kafka disconnected") for r in body["reasons"])
         assert scrape(proc.server).total("gridstream_kafka_errors_total") >= 1
 
         own_broker.start()  # same port, empty memory storage: the topics come back empty
         ensure_topics(settings)
-        body = wait_for("health ok after the broker is back", health_is(proc.server, "ok"))
+        body = wait_until("health ok after the broker is back", health_is(proc.server, "ok"))
         assert body["kafka"] == "connected"
         assert proc.error is None
 
         # -- a stopped processor is critical
         proc.stop.set()
         proc.thread.join(60)
-        body = wait_for("health critical after stop", health_is(proc.server, "critical"))
+        body = wait_until("health critical after stop", health_is(proc.server, "critical"))
         assert "processing loop stopped" in body["reasons"][0]
     finally:
         proc.close()

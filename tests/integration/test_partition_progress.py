@@ -21,7 +21,8 @@ from prometheus_client import CollectorRegistry
 from streams.config import ClickHouseSettings, ProcessingSettings
 from streams.ops.monitor import Monitor
 from streams.runtime.runner import BatchReport, StreamRunner, ensure_topics
-from tests.integration.helpers import committed, make_settings
+from tests.integration.conftest import make_settings
+from tests.integration.helpers import committed
 
 pytestmark = pytest.mark.integration
 PARTITIONS = 6

@@ -13,15 +13,12 @@ from models.processor import GridProcessor
 from sinks.clickhouse import ClickHouseSink
 from sinks.clickhouse_backend import ChdbBackend
 from sinks.exceptions import SinkError
-from streams.config import (
-    Settings,
-)
 from streams.runtime.runner import StreamRunner, ensure_topics
+from tests.integration.conftest import RunnerThread, make_settings, wait_until
 from tests.integration.helpers import (
     committed,
     end_offsets,
     headers,
-    make_settings,
     produce,
     read_all,
 )
@@ -30,10 +27,6 @@ pytestmark = pytest.mark.integration
 
 STEP_MS = 900_000
 PARTITIONS = 2
-
-
-def _settings(bootstrap: str, unique: str, chdb_path: Path) -> Settings:
-    return make_settings(bootstrap, unique, chdb_path, partitions=PARTITIONS, cooldown_s=0)
 
 
 def _meter(meter: str, ts: int | str, kw: object, **extra: object) -> tuple[bytes, bytes]:
@@ -83,7 +76,7 @@ def _workload(now_ms: int) -> tuple[list[tuple[bytes, bytes]], dict[str, int], i
 
 
 def test_pipeline_end_to_end(bootstrap: str, unique: str, chdb_path: Path) -> None:
-    settings = _settings(bootstrap, unique, chdb_path)
+    settings = make_settings(bootstrap, unique, chdb_path, partitions=PARTITIONS, cooldown_s=0)
     ensure_topics(settings)
     now_ms = int(time.time() * 1000)
     records, reasons, n_good = _workload(now_ms)
@@ -174,7 +167,7 @@ def test_offsets_not_committed_until_outputs_written(
 ) -> None:
     """A ClickHouse table that refuses inserts stops the batch before its commit; after the
     table is back, the replayed batch is written and counted once."""
-    settings = _settings(bootstrap, unique, chdb_path)
+    settings = make_settings(bootstrap, unique, chdb_path, partitions=PARTITIONS, cooldown_s=0)
     ensure_topics(settings)
     now_ms = int(time.time() * 1000)
     records, reasons, _ = _workload(now_ms)
@@ -209,9 +202,7 @@ def test_clickhouse_outage_pauses_input_commits_nothing_and_loses_nothing(
     """While inserts fail with a retryable error, the runner holds its one batch, consumes no
     more (memory is bounded by that batch) and commits nothing new; when ClickHouse accepts
     inserts again everything is written once and committed."""
-    import threading
-
-    settings = _settings(bootstrap, unique, chdb_path)
+    settings = make_settings(bootstrap, unique, chdb_path, partitions=PARTITIONS, cooldown_s=0)
     ensure_topics(settings)
     now_ms = int(time.time() * 1000)
     first, _, _ = _workload(now_ms)
@@ -221,11 +212,9 @@ def test_clickhouse_outage_pauses_input_commits_nothing_and_loses_nothing(
     sink.ensure_schema()
     db = settings.clickhouse.database
     runner = StreamRunner(settings, clickhouse=sink, max_backoff_s=0.5)
-    stop = threading.Event()
-    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        _wait(lambda: runner.stats.counters["consumed"] == len(first))
+    with RunnerThread(runner) as running:
+        consumed = lambda: runner.stats.counters["consumed"]  # noqa: E731
+        wait_until("the first batch", lambda: consumed() == len(first), check=running.check)
         before = committed(bootstrap, settings.kafka.group_id, settings.topics.meter, PARTITIONS)
         # ClickHouse's own retryable refusal (TOO_MANY_PARTS) on the table every batch writes
         backend.command(f"ALTER TABLE {db}.forecasts MODIFY SETTING parts_to_throw_insert = 1")
@@ -234,17 +223,20 @@ def test_clickhouse_outage_pauses_input_commits_nothing_and_loses_nothing(
             for i in range(1400)
         ]
         produce(bootstrap, settings.topics.meter, later)
-        _wait(lambda: runner.stats.counters["sink_retries"] >= 3)
+        wait_until(
+            "three retries", lambda: runner.stats.counters["sink_retries"] >= 3,
+            check=running.check,
+        )
         assert runner.stats.counters["consumed"] == len(first)  # the failing batch is held
         assert (
             committed(bootstrap, settings.kafka.group_id, settings.topics.meter, PARTITIONS)
             == before
         )
         backend.command(f"ALTER TABLE {db}.forecasts RESET SETTING parts_to_throw_insert")
-        _wait(lambda: runner.stats.counters["consumed"] == len(first) + len(later))
-    finally:
-        stop.set()
-        thread.join(30)
+        wait_until(
+            "the held batch and the rest", lambda: consumed() == len(first) + len(later),
+            check=running.check,
+        )
     c = runner.stats.counters
     count = lambda sql: int(backend.query(sql).rows[0][0])  # noqa: E731
     assert count(f"SELECT count() FROM {db}.forecasts FINAL") == c["forecasts"]
@@ -253,10 +245,3 @@ def test_clickhouse_outage_pauses_input_commits_nothing_and_loses_nothing(
         end_offsets(bootstrap, settings.topics.meter, PARTITIONS)
     )
     backend.close()
-
-
-def _wait(condition, timeout_s: float = 90.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.1)

@@ -7,16 +7,16 @@ with what one uninterrupted core per partition makes of the same records.
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
 import orjson
 import pytest
 
-from streams.config import ClickHouseSettings, ProcessingSettings, Settings
+from streams.config import Settings
 from streams.runtime.runner import StreamRunner, ensure_topics
-from tests.integration.helpers import committed, make_settings, read_all
+from tests.integration.conftest import RunnerThread, make_settings, wait_until
+from tests.integration.helpers import committed, read_all
 from tests.integration.recovery import (
     assert_same_forecasts,
     forecast_map,
@@ -25,17 +25,15 @@ from tests.integration.recovery import (
     reference,
 )
 
-pytestmark = pytest.mark.integration
+# slow (make test-all): restarts and a group rebalance, about 75 s in all
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 PARTITIONS = 4
 
 
 def _settings(bootstrap: str, unique: str, chdb_path: Path, state_dir: Path | None) -> Settings:
-    s = make_settings(bootstrap, unique, chdb_path, partitions=PARTITIONS)
-    return s.model_copy(
-        update={
-            "clickhouse": ClickHouseSettings(backend="none"),
-            "processing": ProcessingSettings(state_dir=state_dir, checkpoint_interval_s=0.5),
-        }
+    return make_settings(
+        bootstrap, unique, chdb_path, partitions=PARTITIONS, clickhouse="none",
+        state_dir=state_dir, checkpoint_interval_s=0.5,
     )
 
 
@@ -133,28 +131,18 @@ def test_partitions_moved_to_a_joining_worker_score_as_without_the_move(
     cut = len(records) // 2
     coords = produce_tracked(bootstrap, settings.topics.meter, records[:cut])
 
-    stop = threading.Event()
-    workers: list[StreamRunner] = []
-    errors: list[BaseException] = []
-
-    def work(runner: StreamRunner) -> None:
-        try:
-            runner.run(stop)
-        except BaseException as exc:  # noqa: BLE001 - reported by the test below
-            errors.append(exc)
+    workers: list[RunnerThread] = []
 
     def start() -> StreamRunner:
-        runner = StreamRunner(settings)
-        workers.append(runner)
-        threading.Thread(target=work, args=(runner,), daemon=True).start()
-        return runner
+        workers.append(RunnerThread(StreamRunner(settings), name=f"worker-{len(workers)}"))
+        return workers[-1].runner
+
+    def check() -> None:
+        for w in workers:
+            w.check()
 
     def wait(cond, what: str, timeout_s: float = 60.0) -> None:  # noqa: ANN001
-        deadline = time.monotonic() + timeout_s
-        while not cond():
-            assert not errors, errors
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.2)
+        wait_until(what, cond, timeout_s, check=check)
 
     ends = [0] * PARTITIONS
     for part, off in coords:
@@ -180,9 +168,10 @@ def test_partitions_moved_to_a_joining_worker_score_as_without_the_move(
             ends[part] = max(ends[part], off + 1)
         wait(all_committed, "both workers to process the second half")
     finally:
-        stop.set()
-        time.sleep(1.0)
-    assert not errors, errors
+        for w in workers:
+            w.stop.set()
+        for w in workers:  # joined: an error raised while stopping fails the test too
+            w.close()
     moved = b.states.counters["resumed_from_checkpoint"]
     assert moved >= 1, b.states.counters
     want = reference(settings, records, coords, now_ms)

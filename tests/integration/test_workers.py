@@ -15,6 +15,7 @@ import orjson
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from tests.integration.conftest import wait_until
 from tests.integration.helpers import committed, end_offsets, produce, read_all
 
 pytestmark = pytest.mark.integration
@@ -61,14 +62,6 @@ def _meter_partitions(log: Path, topic: str) -> dict[int, set[int]]:
     return held
 
 
-def _wait(what: str, probe: object, timeout_s: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not probe():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.3)
-
-
 def _readings(start_ms: int) -> list[tuple[bytes, bytes]]:
     return [
         (
@@ -103,7 +96,7 @@ def test_two_workers_share_partitions_process_each_reading_once_and_stop(
     proc = _start(env, log)
     try:
         # both workers in the group, holding every input partition between them
-        _wait(
+        wait_until(
             "both workers to hold partitions",
             lambda: all(_meter_partitions(log, meter).values())
             and set().union(*_meter_partitions(log, meter).values()) == set(range(PARTITIONS)),
@@ -113,7 +106,7 @@ def test_two_workers_share_partitions_process_each_reading_once_and_stop(
         records = _readings(int(time.time() * 1000) - 86_400_000)
         produce(bootstrap, meter, records)
         ends = end_offsets(bootstrap, meter, PARTITIONS)
-        _wait(
+        wait_until(
             "every reading committed",
             lambda: committed(bootstrap, f"g-{unique}", meter, PARTITIONS) == ends,
         )
@@ -146,10 +139,10 @@ def test_a_worker_that_dies_stops_the_others_and_the_parent_fails(
     log = tmp_path / "workers.log"
     proc = _start(env, log)
     try:
-        _wait("two workers started", lambda: len(re.findall(r"worker \d started", log.read_text()))
-              == 2)
+        started = lambda: len(re.findall(r"worker \d started", log.read_text()))  # noqa: E731
+        wait_until("two workers started", lambda: started() == 2)
         pids = [int(p) for p in re.findall(r"worker \d started: pid (\d+)", log.read_text())]
-        _wait("worker 1 subscribed", lambda: "[worker 1]" in log.read_text())
+        wait_until("worker 1 subscribed", lambda: "[worker 1]" in log.read_text())
         os.kill(pids[1], signal.SIGKILL)
         status = proc.wait(90)
     finally:

@@ -203,6 +203,23 @@ def test_output_does_not_depend_on_batch_size() -> None:
         assert [ev.event_id for ev in res.events] == [ev.event_id for ev in ref.events]
 
 
+def test_partitions_split_the_entities_over_cores_and_keep_one_row_per_input_row() -> None:
+    from streams.state.tasks import partition_of
+
+    frame = readings(meters=6, days=2, seed=5)
+    frame.loc[7, "kw"] = "abc"
+    one, _ = backtest_frame(frame)
+    four, res = backtest_frame(frame, partitions=4)
+    assert len(four) == len(frame) and four.loc[7, "dead_letter"] == "invalid_type"
+    # the meters land on more than one core, each where the producer's partitioner sends it
+    assert len(set(partition_of(frame["meter_id"].unique(), 4).tolist())) > 1
+    # per-entity detectors and forecasts do not depend on which core an entity is on
+    pd.testing.assert_frame_equal(four, one)
+    assert res.batches >= 1
+    with pytest.raises(ValueError, match="partitions"):
+        backtest_frame(frame, partitions=0)
+
+
 def test_csv_and_parquet_files(tmp_path: Path) -> None:
     frame = readings(meters=2, days=1)
     frame.loc[7, "kw"] = "abc"

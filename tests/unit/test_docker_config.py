@@ -187,7 +187,7 @@ def test_dockerfile_is_slim_non_root_and_health_checked() -> None:
     assert re.findall(r"^FROM (\S+)", text, re.M) == ["python:3.11-slim"] * 2
     (user,) = re.findall(r"^USER (\S+)", text, re.M)
     assert user.split(":")[0] not in ("root", "0")
-    assert re.search(r'^HEALTHCHECK .*\n?.*CMD \["python", "-m", "streams.ops.http"\]', text, re.M)
+    assert re.search(r'^HEALTHCHECK .*\n?.*CMD \["gridstream", "health"\]', text, re.M)
     assert "pip wheel" in text and "pip install" in text
     assert re.search(r'^ENTRYPOINT \["gridstream"\]', text, re.M)
     assert re.search(r'^CMD \["run"\]', text, re.M)

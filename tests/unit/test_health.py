@@ -216,6 +216,19 @@ def test_health_endpoint_answers_503_when_critical_and_200_otherwise(
     assert probe(f"{server.url}/health") == 0
 
 
+def test_gridstream_health_probes_the_configured_port(
+    server: HttpServer, health: Health, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streams.cli import main
+
+    monkeypatch.setenv("GRIDSTREAM_HTTP_PORT", str(server.port))
+    assert main(["health"]) == 1  # critical: not running yet
+    running(health)
+    assert main(["health"]) == 0
+    monkeypatch.setenv("GRIDSTREAM_HTTP_PORT", "0")  # HTTP off: nothing answers
+    assert main(["health"]) == 1
+
+
 def test_metrics_and_models_endpoints(server: HttpServer, health: Health) -> None:
     running(health)
     status, body, ctype = get(f"{server.url}/metrics")
@@ -268,3 +281,26 @@ def test_kafka_state_follows_client_statistics_and_errors() -> None:
     errors = monitor.registry.get_sample_value
     assert errors("gridstream_kafka_errors_total", {"error": "_ALL_BROKERS_DOWN"}) == 1
     assert errors("gridstream_kafka_errors_total", {"error": "SASL_AUTHENTICATION_FAILED"}) == 1
+
+
+class _Watermarks:
+    """What ``_lag`` reads of a consumer: cached (low, high) watermarks of one partition."""
+
+    def __init__(self, high: int) -> None:
+        self.high = high
+
+    def get_watermark_offsets(self, _tp: object, cached: bool = False) -> tuple[int, int]:
+        assert cached, "lag must come from cached fetch metadata, not a broker round trip"
+        return 0, self.high
+
+
+def test_lag_is_watermark_minus_position_never_negative_and_unknown_before_a_fetch() -> None:
+    from confluent_kafka import TopicPartition
+
+    from streams.ops.monitor import _lag
+
+    assert _lag(_Watermarks(120), TopicPartition("t", 0, 100)) == 20  # type: ignore[arg-type]
+    # a watermark cached before the position moved on: 0, not a negative lag
+    assert _lag(_Watermarks(90), TopicPartition("t", 0, 100)) == 0  # type: ignore[arg-type]
+    assert _lag(_Watermarks(-1), TopicPartition("t", 0, 100)) is None  # type: ignore[arg-type]
+    assert _lag(_Watermarks(120), TopicPartition("t", 0, -1001)) is None  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from schemas.accuracy import ACTUAL_TOLERANCE_S
 from streams.ops.accuracy import ForecastAccuracy
 from streams.ops.metrics import BatchHistogram, GridMetrics
 
@@ -173,11 +174,40 @@ def test_targets_skipped_by_the_entity_are_dropped_and_zero_actuals_ignored() ->
     acc = ForecastAccuracy()
     t0 = 1_700_000_000_000
     feed(acc, ["a"], [t0], [1.0], [(0, 900, 1.0)])
-    for i in range(1, 9):  # a reading 1 s after the target: the forecast can never match
-        feed(acc, ["a"], [t0 + STEP + i * 1000], [1.0], [])
+    # the first reading after the target comes later than ACTUAL_TOLERANCE_S: never matched
+    for i in range(1, 9):
+        feed(acc, ["a"], [t0 + STEP + ACTUAL_TOLERANCE_S * 1000 + i * 1000], [1.0], [])
     assert acc.pending == 0
     out = feed(acc, ["z", "z"], [t0, t0 + STEP], [1.0, 0.0], [(0, 900, 1.0)])
     assert out == {}  # 0 kW has no percentage error
+
+
+def test_the_first_reading_within_the_tolerance_after_the_target_is_the_actual() -> None:
+    """The rule of schemas.accuracy, as the ClickHouse view applies it: SCADA jitter matches."""
+    acc = ForecastAccuracy()
+    t0 = 1_700_000_000_000
+    feed(acc, ["f"], [t0], [10.0], [(0, 900, 10.0)])
+    # 250 ms late (a scan's jitter), then a second reading: the first one is the actual
+    out = feed(acc, ["f", "f"], [t0 + STEP + 250, t0 + STEP + 30_000], [8.0, 20.0], [])
+    np.testing.assert_allclose(out[900], [0.25])
+    assert acc.pending == 0
+    # a reading before the target does not match, nor does one a tolerance after it
+    feed(acc, ["g"], [t0], [10.0], [(0, 900, 10.0)])
+    assert feed(acc, ["g"], [t0 + STEP - 1], [10.0], []) == {} and acc.pending == 1
+    assert feed(acc, ["g"], [t0 + STEP + ACTUAL_TOLERANCE_S * 1000], [10.0], []) == {}
+
+
+def test_track_reports_the_quantiles_of_each_match() -> None:
+    acc = ForecastAccuracy()
+    t0 = 1_700_000_000_000
+    m = acc.match(
+        np.array(["a", "a"], dtype=object), np.array([t0, t0 + STEP]), np.array([10.0, 0.0]),
+        np.ones(2, dtype=bool), np.array([0]), np.array([900]), np.array([t0 + STEP]),
+        np.array([1.0]), np.array([0.5]), np.array([2.0]),
+    )
+    assert m.horizon_s.tolist() == [900] and m.actual.tolist() == [0.0]
+    assert (m.p10.tolist(), m.p50.tolist(), m.p90.tolist()) == ([0.5], [1.0], [2.0])
+    assert m.apes_by_horizon() == {}  # an actual of 0 has no percentage error
 
 
 def test_memory_is_bounded_by_entities_and_capacity() -> None:

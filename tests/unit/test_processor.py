@@ -19,7 +19,7 @@ from models.detectors import DETECTORS
 from models.events import event_id, reading_dict
 from models.params import ProcessorParams
 from models.processor import GridProcessor, ProcessResult
-from schemas.batch import AnomalyRecord, ReadingBatch
+from schemas.batch import AnomalyRecord, ReadingBatch, entity_key
 from schemas.outputs import SEVERITIES
 from tests.unit.builders import (
     DAY_MS,
@@ -52,9 +52,55 @@ P_HST = replace(
 # The river model is off by default: entities are then fully independent of each other.
 P_NO_HST = ProcessorParams()
 REJECTIONS = {"out_of_order", "conflicting_duplicate"}
+CORES = ("GridProcessor", "TaskSet")  # the contracts hold for the core and for what runs live
 
 
 # -- helpers -----------------------------------------------------------------------------------
+class TaskSetCore:
+    """The live run's partition tasks behind ``GridProcessor``'s interface: each entity's rows
+    go to the core of the partition its key is produced to (two partitions), as they do live."""
+
+    TIDS = [("readings", 0), ("readings", 1)]
+
+    def __init__(self, params: ProcessorParams = P) -> None:
+        from streams.state.tasks import TaskSet
+
+        self.params = params
+        self.tasks = TaskSet(params)
+
+    @property
+    def entities(self) -> int:
+        return self.tasks.entities
+
+    def process_batch(self, b: ReadingBatch, now_ms: int) -> ProcessResult:
+        from streams.state.tasks import partition_of
+
+        part = partition_of(entity_key(b.kind, b.entity), len(self.TIDS))  # type: ignore[arg-type]
+        return self.tasks.process(b, part, self.TIDS, now_ms).result
+
+    def snapshot(self) -> bytes:
+        return b"".join(t.processor.snapshot() for _, t in sorted(self.tasks.tasks.items()))
+
+    def processors(self) -> list[GridProcessor]:
+        return [t.processor for t in self.tasks.tasks.values()]
+
+
+Core = GridProcessor | TaskSetCore
+
+
+def make_core(kind: str, params: ProcessorParams = P) -> Core:
+    return GridProcessor(params) if kind == "GridProcessor" else TaskSetCore(params)
+
+
+def kind_of(core: Core) -> str:
+    return "TaskSet" if isinstance(core, TaskSetCore) else "GridProcessor"
+
+
+@pytest.fixture(params=CORES)
+def core_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @dataclass
 class Flat:
     """The outputs of several consecutive batches, joined as if they were one batch's."""
@@ -71,9 +117,12 @@ class Flat:
 
 
 def run(
-    batches: list[ReadingBatch], params: ProcessorParams = P, proc: GridProcessor | None = None
-) -> tuple[GridProcessor, Flat]:
-    proc = proc or GridProcessor(params)
+    batches: list[ReadingBatch],
+    params: ProcessorParams = P,
+    proc: Core | None = None,
+    kind: str = "GridProcessor",
+) -> tuple[Core, Flat]:
+    proc = proc or make_core(kind, params)
     results = [proc.process_batch(b, NOW_MS) for b in batches]
     return proc, flatten(batches, results)
 
@@ -99,20 +148,35 @@ def flatten(batches: list[ReadingBatch], results: list[ProcessResult]) -> Flat:
     )
 
 
-def assert_same(a: Flat, b: Flat) -> None:
-    """Every output equal: scores, severities, expectations, forecasts, events, rejections."""
+def assert_same(a: Flat, b: Flat, kind: str = "GridProcessor") -> None:
+    """Every output equal: scores, severities, expectations, forecasts, events, rejections.
+
+    The partition tasks merge a batch's events task by task, so under ``TaskSet`` events keep
+    their input order per entity (hence per partition), not across the batch."""
     np.testing.assert_array_equal(a.score, b.score)
     np.testing.assert_array_equal(a.severity, b.severity)
     np.testing.assert_array_equal(a.expected, b.expected)
+    if kind == "TaskSet":  # forecasts come task by task too: compare them in row order
+        a, b = _forecasts_by_row(a), _forecasts_by_row(b)
     np.testing.assert_array_equal(a.forecast_rows, b.forecast_rows)
     assert a.forecasts.keys() == b.forecasts.keys()
     for name in a.forecasts:
         np.testing.assert_array_equal(a.forecasts[name], b.forecasts[name], err_msg=name)
     assert a.models == b.models
-    assert [e.event_id for e in a.anomalies] == [e.event_id for e in b.anomalies]
-    assert a.anomalies == b.anomalies
+    if kind == "TaskSet":
+        by_entity = lambda f: sorted(f.anomalies, key=lambda e: (e.entity_kind, e.entity_id))  # noqa: E731
+        assert by_entity(a) == by_entity(b)  # a stable sort keeps each entity's own order
+    else:
+        assert [e.event_id for e in a.anomalies] == [e.event_id for e in b.anomalies]
+        assert a.anomalies == b.anomalies
     assert a.rejections == b.rejections
     assert a.counters == b.counters
+
+
+def _forecasts_by_row(f: Flat) -> Flat:
+    order = np.lexsort((f.forecasts["horizon_s"], f.forecast_rows))
+    forecasts = {name: column[order] for name, column in f.forecasts.items()}
+    return replace(f, forecast_rows=f.forecast_rows[order], forecasts=forecasts)
 
 
 def events_of(flat: Flat, entity: str) -> list[AnomalyRecord]:
@@ -175,10 +239,15 @@ def _splits(kind: str) -> list[ReadingBatch]:
     return one_by_one(STREAM)
 
 
-@pytest.fixture(scope="module", params=[P_SHORT, P_HST], ids=["river_idle", "river_active"])
-def reference(request: pytest.FixtureRequest) -> tuple[ProcessorParams, GridProcessor, Flat]:
-    proc, flat = run([STREAM], request.param)
-    return request.param, proc, flat
+@pytest.fixture(
+    scope="module",
+    params=[(p, k) for p in (P_SHORT, P_HST) for k in CORES],
+    ids=[f"{p}-{k}" for p in ("river_idle", "river_active") for k in CORES],
+)
+def reference(request: pytest.FixtureRequest) -> tuple[ProcessorParams, Core, Flat]:
+    params, kind = request.param
+    proc, flat = run([STREAM], params, kind=kind)
+    return params, proc, flat
 
 
 # -- river-style contracts ---------------------------------------------------------------------
@@ -194,16 +263,19 @@ def test_contract_stream_exercises_everything(
     # two days: the seasonal detector's tail is not ready yet (models.tails needs tail_min)
     assert {"residual", "stuck", "channel"} <= fired, fired
     if params is P_HST:
-        assert proc.online.scored > 0 and proc.online.learned > 2 * params.hst_window
+        cores = proc.processors() if isinstance(proc, TaskSetCore) else [proc]
+        assert len(cores) == (2 if isinstance(proc, TaskSetCore) else 1)
+        assert sum(c.online.scored for c in cores) > 0
+        assert sum(c.online.learned for c in cores) > 2 * params.hst_window
 
 
 @pytest.mark.parametrize("how", ["n_batches", "with_empty_batches", "one_by_one"])
 def test_split_invariance_batch_equals_one_by_one(
     reference: tuple[ProcessorParams, GridProcessor, Flat], how: str
 ) -> None:
-    params, _, whole = reference
-    _, pieces = run(_splits(how), params)
-    assert_same(whole, pieces)
+    params, proc, whole = reference
+    _, pieces = run(_splits(how), params, kind=kind_of(proc))
+    assert_same(whole, pieces, kind_of(proc))
 
 
 def test_events_come_in_input_order_when_a_batch_holds_several_readings_per_entity() -> None:
@@ -219,9 +291,9 @@ def test_events_come_in_input_order_when_a_batch_holds_several_readings_per_enti
     assert [(e.entity_id, e.ts_ms) for e in res.anomalies] == [("a", t + STEP_MS), ("b", t)]
 
 
-def test_process_batch_does_not_mutate_its_input() -> None:
+def test_process_batch_does_not_mutate_its_input(core_kind: str) -> None:
     before = {f.name: getattr(STREAM, f.name).copy() for f in fields(STREAM)}
-    proc = GridProcessor(P_HST)
+    proc = make_core(core_kind, P_HST)
     res = proc.process_batch(STREAM, NOW_MS)
     for name, old in before.items():
         new = getattr(STREAM, name)
@@ -235,33 +307,45 @@ def test_process_batch_does_not_mutate_its_input() -> None:
 
 
 def test_seed_determinism(reference: tuple[ProcessorParams, GridProcessor, Flat]) -> None:
-    params, _, first = reference
-    _, again = run([STREAM], params)
-    assert_same(first, again)
+    params, proc, first = reference
+    _, again = run([STREAM], params, kind=kind_of(proc))
+    assert_same(first, again, kind_of(proc))
     # another seed is a different model: it may score differently, but it runs and is valid
-    _, other = run([STREAM], replace(params, seed=params.seed + 1))
+    _, other = run([STREAM], replace(params, seed=params.seed + 1), kind=kind_of(proc))
     finite = other.score[np.isfinite(other.score)]
     assert finite.size and np.all((finite >= 0.0) & (finite <= 1.0))
 
 
 @pytest.mark.parametrize("how", ["snapshot", "pickle"])
 def test_resume_from_snapshot_or_pickle_continues_identically(
-    reference: tuple[ProcessorParams, GridProcessor, Flat], how: str
+    reference: tuple[ProcessorParams, Core, Flat], how: str
 ) -> None:
-    params, _, whole = reference
+    params, proc, whole = reference
     pieces = _splits("n_batches")
     half = len(pieces) // 2
-    first = GridProcessor(params)
+    first = make_core(kind_of(proc), params)
     results = [first.process_batch(b, NOW_MS) for b in pieces[:half]]
-    if how == "snapshot":
-        blob = first.snapshot()
+    resumed = _resumed(first, how)
+    assert resumed.entities == first.entities
+    results += [resumed.process_batch(b, NOW_MS) for b in pieces[half:]]
+    assert_same(whole, flatten(pieces, results), kind_of(proc))
+
+
+def _resumed(core: Core, how: str) -> Core:
+    """``core`` rebuilt from its snapshot (each partition task's, as checkpoints hold them) or a
+    pickle of it."""
+    if how == "pickle":
+        return pickle.loads(pickle.dumps(core))  # noqa: S301 - our own bytes
+    if isinstance(core, GridProcessor):
+        blob = core.snapshot()
         assert isinstance(blob, bytes)
         resumed = GridProcessor.from_snapshot(blob)
-    else:
-        resumed = pickle.loads(pickle.dumps(first))  # noqa: S301 - our own bytes
-    assert resumed.params == params and resumed.entities == first.entities
-    results += [resumed.process_batch(b, NOW_MS) for b in pieces[half:]]
-    assert_same(whole, flatten(pieces, results))
+        assert resumed.params == core.params
+        return resumed
+    again = TaskSetCore(core.params)
+    for tid, task in core.tasks.tasks.items():
+        again.tasks.adopt(tid, GridProcessor.from_snapshot(task.processor.snapshot()), -1)
+    return again
 
 
 def test_snapshot_of_another_format_is_refused() -> None:
@@ -292,8 +376,8 @@ def test_memory_is_bounded_by_entities_not_readings() -> None:
         assert proc.state.capacity <= 2 * max(proc.entities, initial)
 
 
-def test_empty_batch_gives_an_empty_result_and_changes_nothing() -> None:
-    proc = GridProcessor(P_HST)
+def test_empty_batch_gives_an_empty_result_and_changes_nothing(core_kind: str) -> None:
+    proc = make_core(core_kind, P_HST)
     proc.process_batch(STREAM.take(np.arange(200)), NOW_MS)
     blob = proc.snapshot()
     for empty in (ReadingBatch.empty(), STREAM.take(np.arange(0))):
@@ -359,9 +443,9 @@ def _assert_accounted(b: ReadingBatch, res: ProcessResult) -> None:
 
 
 @pytest.mark.parametrize("how", ["one_batch", "n_batches"])
-def test_every_row_is_scored_warming_dropped_or_rejected(how: str) -> None:
+def test_every_row_is_scored_warming_dropped_or_rejected(how: str, core_kind: str) -> None:
     pieces = _splits(how)
-    proc = GridProcessor(P_HST)
+    proc = make_core(core_kind, P_HST)
     total: Counter[str] = Counter()
     rejections = []
     for b in pieces:
@@ -397,10 +481,10 @@ def _seq() -> list[tuple[str, str, int, float]]:
 
 
 @pytest.mark.parametrize("how", ["one_batch", "one_by_one", "pairs"])
-def test_duplicates_conflicts_and_late_readings(how: str) -> None:
+def test_duplicates_conflicts_and_late_readings(how: str, core_kind: str) -> None:
     b = batch(_seq(), src_offset=50)
     pieces = {"one_batch": [b], "one_by_one": one_by_one(b), "pairs": split(b, [2, 4])}[how]
-    proc, flat = run(pieces)
+    proc, flat = run(pieces, kind=core_kind)
     assert flat.counters["dropped_duplicate"] == 1
     assert [(s, c) for s, c, _ in flat.rejections] == [
         (53, "conflicting_duplicate"),
@@ -411,13 +495,13 @@ def test_duplicates_conflicts_and_late_readings(how: str) -> None:
     assert set(flat.forecast_rows.tolist()) == {5}
     assert proc.entities == 1
     # and the state is as if the dropped and rejected readings had never arrived
-    _, clean = run([batch([_seq()[i] for i in (0, 1, 5)])])
+    _, clean = run([batch([_seq()[i] for i in (0, 1, 5)])], kind=core_kind)
     np.testing.assert_array_equal(clean.expected, flat.expected[[0, 1, 5]])
     for name in clean.forecasts:
         np.testing.assert_array_equal(clean.forecasts[name], flat.forecasts[name])
 
 
-def test_order_checks_are_per_entity() -> None:
+def test_order_checks_are_per_entity(core_kind: str) -> None:
     # another entity's older reading is not late, and the same id of another kind is distinct
     rows = [
         ("a", "meter", T0 + 5 * STEP_MS, 1.0),
@@ -425,20 +509,20 @@ def test_order_checks_are_per_entity() -> None:
         ("a", "feeder", T0, 1.0),
         ("a", "feeder", T0, 1.0),
     ]
-    proc, flat = run([batch(rows)])
+    proc, flat = run([batch(rows)], kind=core_kind)
     assert flat.rejections == []
     assert flat.counters["dropped_duplicate"] == 1
     assert proc.entities == 3
 
 
-def test_same_id_meter_and_scada_are_distinct_entities() -> None:
+def test_same_id_meter_and_scada_are_distinct_entities(core_kind: str) -> None:
     cols = daily_load([("x", "meter"), ("x", "feeder")], days=2, seed=4)
     both = to_batch(cols)
-    proc, flat = run([both], P_NO_HST)
+    proc, flat = run([both], P_NO_HST, kind=core_kind)
     assert proc.entities == 2
     for kind in ("meter", "feeder"):
         idx = rows_of(cols, "x", kind)
-        _, alone = run([both.take(idx)], P_NO_HST)
+        _, alone = run([both.take(idx)], P_NO_HST, kind=core_kind)
         np.testing.assert_array_equal(flat.score[idx], alone.score)
         np.testing.assert_array_equal(flat.expected[idx], alone.expected)
     assert set(flat.forecasts["kind"].tolist()) == {"meter", "feeder"}

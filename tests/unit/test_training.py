@@ -207,9 +207,8 @@ def test_training_adds_a_batch_anomaly_model_that_fuses_and_explains(store: Path
     assert hit, "the spike raised no event"
     # it took part: beyond its training distribution's calibration quantile
     assert DETECTOR in hit[0].detectors and hit[0].detectors[DETECTOR] > 0.2
-    assert "iforest_anomaly_score" in [f["feature"] for f in hit[0].explanation] or len(
-        hit[0].explanation
-    ) == 3  # in the top three, unless three stronger departures crowd it out
+    # in the explanation's top three: this spike is no departure of three other features
+    assert "iforest_anomaly_score" in [f["feature"] for f in hit[0].explanation], hit[0].explanation
     # a pure function of each reading's features: the same whatever the batch cuts
     again = GridProcessor(P, ensemble=ensemble)
     parts = [again.process_batch(b, NOW_MS) for b in pieces(batch, 9)]

@@ -1,0 +1,143 @@
+"""The ``gridstream`` commands that work on files and ClickHouse, not on Kafka: backtest,
+report, train. Part of the CLI edge (``streams.cli``): settings and files are read here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+
+from streams.config import ConfigError, Settings, load_settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(getattr(args, "config", None))
+
+
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from collections import Counter
+    from pathlib import Path
+
+    from streams.tools.backtest import backtest_file
+
+    for flag, value in (("--batch-size", args.batch_size), ("--partitions", args.partitions)):
+        if value < 1:
+            print(f"gridstream: {flag} must be >= 1, got {value}", file=sys.stderr)
+            return 2
+    params = _settings(args).processing.params()
+    ensemble = None
+    if args.models:
+        from models.ensemble import load_ensemble
+
+        ensemble = load_ensemble(args.models)
+        params = replace(
+            params, horizons_s=tuple(sorted(set(params.horizons_s) | set(ensemble.horizons)))
+        )
+        print(
+            f"using model set {ensemble.ref} (horizons {', '.join(map(str, ensemble.horizons))} s)"
+        )
+    started = time.perf_counter()
+    collector = None
+    if args.report:
+        from streams.tools.report_input import BacktestCollector
+
+        collector = BacktestCollector()
+    result = backtest_file(
+        Path(args.input), Path(args.output), params, args.batch_size, ensemble, collector,
+        partitions=args.partitions,
+    )
+    c = result.counters
+    dead = Counter(x for x in result.dead_letter if x is not None)
+    sev = Counter(ev.severity for ev in result.events)
+    print(
+        f"backtest: {len(result):,} rows in {time.perf_counter() - started:.1f} s -> "
+        f"{args.output}; scored {c['scored']:,}, warming up {c['warming_up']:,}, "
+        f"duplicates dropped {c['dropped_duplicate']:,}, dead letters {sum(dead.values()):,}"
+        + (f" ({', '.join(f'{k} {v:,}' for k, v in dead.most_common())})" if dead else "")
+    )
+    print(
+        f"anomaly events: critical {sev['critical']:,}, warning {sev['warning']:,}, "
+        f"info {sev['info']:,} (horizons {', '.join(f'{h} s' for h in params.horizons_s)})"
+    )
+    if collector is not None:
+        from streams.tools.report import write_report
+        from streams.tools.report_input import load_labels
+
+        labels = load_labels(Path(args.labels)) if args.labels else None
+        inp = collector.report_input(
+            f"gridstream backtest: {Path(args.input).name}", f"backtest of {args.input}",
+            params.horizons_s, result.events, labels,
+        )
+        print(write_report(inp, Path(args.report)).line())
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from streams.runtime.wiring import clickhouse_backend
+    from streams.tools.report import write_report
+    from streams.tools.report_input import from_clickhouse, load_labels, since_ms
+
+    settings = _settings(args)
+    now_ms = int(time.time() * 1000)
+    start = since_ms(args.since, now_ms)
+    until = since_ms(args.until, now_ms) if args.until else None
+    entities = [e.strip() for item in args.entities for e in item.split(",") if e.strip()]
+    labels = load_labels(Path(args.labels)) if args.labels else None
+    backend = clickhouse_backend(settings)
+    if backend is None:
+        raise ConfigError("GRIDSTREAM_CLICKHOUSE__BACKEND is 'none': there is nothing to report")
+    try:
+        inp = from_clickhouse(
+            backend, settings.clickhouse.database, start, until, entities or None, labels
+        )
+    finally:
+        backend.close()
+    print(write_report(inp, Path(args.output), args.max_points).line())
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from models.training import train_model_set
+    from streams.tools.backtest import read_input, reading_batches
+
+    params = _settings(args).processing.params()
+    started = time.perf_counter()
+    batches, rejected = reading_batches(read_input(Path(args.input)))
+    rows = sum(len(b) for b in batches)
+    if rejected:
+        print(f"train: {rejected:,} rows of {args.input} are not valid readings and are skipped")
+    path, metrics, decision = train_model_set(
+        batches,
+        params,
+        Path(args.output),
+        name=args.name,
+        seed=args.seed,
+        max_iter=args.max_iter,
+        promote=not args.no_promote,
+    )
+    print(f"trained {path.name} on {rows:,} readings in {time.perf_counter() - started:.1f} s")
+    for h in params.horizons_s:
+        print(
+            f"  horizon {h:>5} s: validation MAE {metrics[f'h{h}_validation_mae']:.4g} "
+            f"(baseline {metrics[f'h{h}_baseline_mae']:.4g}), p10-p90 coverage "
+            f"{100 * metrics[f'h{h}_validation_coverage_p10_p90']:.1f} %"
+        )
+    print(
+        f"  validation error {metrics['validation_error']:.4f} "
+        f"(baseline {metrics['baseline_error']:.4f}, in forecast-scale units)"
+    )
+    if decision is not None:
+        print(
+            f"promotion: {'promoted' if decision.promoted else 'not promoted'}: {decision.reason}"
+        )
+    from streams.tools.report_validation import write_validation_report
+
+    report = Path(args.report) if args.report else path.parent / f"{path.name}-validation.html"
+    write_validation_report(batches, params, path, metrics, report)
+    print(f"validation report (quantile calibration, error by horizon): {report}")
+    return 0
