@@ -147,3 +147,18 @@ def rows_of(cols: dict[str, np.ndarray], entity: str, kind: str | None = None) -
     if kind is not None:
         mask &= cols["kind"] == kind
     return np.flatnonzero(mask)
+
+
+def simulated_records(config: object, start_ms: int, hours: int) -> tuple[list[bytes], list[str]]:
+    """Every record the telemetry simulator emits in ``hours`` from ``start_ms``, in emission
+    order, with its contract (``config`` is a ``SimConfig``)."""
+    from streams.sim.generator import TelemetrySimulator
+
+    sim = TelemetrySimulator(config, start_ms)  # type: ignore[arg-type]
+    values: list[bytes] = []
+    contracts: list[str] = []
+    for hour in range(1, hours + 1):
+        step = sim.step_until(start_ms + hour * 3_600_000)
+        values.extend(step.value)
+        contracts.extend(step.contract)
+    return values, contracts

@@ -10,26 +10,16 @@ from __future__ import annotations
 import numpy as np
 
 from models.params import ProcessorParams
-from streams.sim.generator import SimConfig, TelemetrySimulator
+from streams.sim.generator import SimConfig
 from streams.tools.backtest import backtest_values
+from tests.unit.builders import simulated_records
 
 START_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 
 
-def _simulated(days: int = 8) -> tuple[list[bytes], list[str]]:
-    sim = TelemetrySimulator(SimConfig(meters=30, assets=6, seed=21), START_MS)
-    values: list[bytes] = []
-    contracts: list[str] = []
-    for hour in range(1, days * 24 + 1):
-        batch = sim.step_until(START_MS + hour * 3_600_000)
-        values.extend(batch.value)
-        contracts.extend(batch.contract)
-    return values, contracts
-
-
 def test_every_high_score_is_an_event_and_every_event_a_high_score() -> None:
     params = ProcessorParams()
-    values, contracts = _simulated()
+    values, contracts = simulated_records(SimConfig(meters=30, assets=6, seed=21), START_MS, 8 * 24)
     event_rows: list[int] = []
     entity_of: dict[int, str] = {}
 

@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 
 from models.params import ProcessorParams
-from streams.sim.generator import SimConfig, TelemetrySimulator
+from streams.sim.generator import SimConfig
 from streams.tools.backtest import backtest_frame, backtest_values
+from tests.unit.builders import simulated_records
 
 NAB = Path(__file__).resolve().parents[3] / "shared" / "data" / "nab" / "data"
 START_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z, a Monday
@@ -50,13 +51,7 @@ def test_clean_simulated_meters_rarely_score_high() -> None:
         late_rate=0.0,
         duplicate_rate=0.0,
     )
-    sim = TelemetrySimulator(config, START_MS)
-    values: list[bytes] = []
-    contracts: list[str] = []
-    for hour in range(1, 14 * 24 + 1):
-        batch = sim.step_until(START_MS + hour * 3_600_000)
-        values.extend(batch.value)
-        contracts.extend(batch.contract)
+    values, contracts = simulated_records(config, START_MS, 14 * 24)
     out = backtest_values(values, contracts, ProcessorParams())
     info, critical, n = _shares(out.score)
     assert n > 40 * 12 * 96
