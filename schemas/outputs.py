@@ -87,6 +87,13 @@ ErrorClass = Literal[
     "timestamp_in_future",
     "out_of_order",
     "conflicting_duplicate",
+    "key_mismatch",
+    "schema_registry_not_configured",
+    "unknown_schema_id",
+    "unexpected_framing",
+    "not_framed",
+    "wrong_schema_type",
+    "schema_decode_failed",
 ]
 
 
@@ -94,7 +101,8 @@ class DeadLetter(BaseModel):
     """A record that was read but could not be processed, with the reason and where it came from.
 
     On the dead-letter topic the Kafka value is the original bytes verbatim and these fields
-    travel as ``gridstream.*`` headers, so a record can be re-produced unchanged after a fix.
+    travel as Kafka Connect dead-letter headers (``__connect.errors.*``), so a record can be
+    re-produced unchanged after a fix.
     In ClickHouse they are columns of ``dead_letters``.
     """
 

@@ -2,8 +2,11 @@
 
 Headers on every record: ``content-type`` (application/json), ``schema-version``, ``record-type``;
 anomalies add ``severity`` so an alerting consumer can skip info events without parsing payloads.
-Dead letters keep the original value bytes and key unchanged and carry their context in
-``gridstream.*`` headers (the Kafka Connect dead-letter convention), so they can be re-produced.
+Dead letters keep the original value bytes and key unchanged, so they can be re-produced, and carry
+their context in the headers a Kafka Connect dead-letter queue uses (``__connect.errors.topic``,
+``.partition``, ``.offset``, ``.connector.name``, ``.exception.class.name`` = the reason,
+``.exception.message``), so tools built for Connect DLQs read them; the one fact Connect has no
+header for is ``gridstream.dead_lettered_at``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ Headers = list[tuple[str, bytes]]
 
 _JSON = ("content-type", b"application/json")
 _VERSION = ("schema-version", SCHEMA_VERSION.encode())
+_CONNECTOR = ("__connect.errors.connector.name", b"gridstream")
 FORECAST_HEADERS: Headers = [_JSON, _VERSION, ("record-type", b"forecast")]
 _ANOMALY_BASE: Headers = [_JSON, _VERSION, ("record-type", b"anomaly")]
 SEVERITY_HEADERS: dict[str, Headers] = {
@@ -149,11 +153,12 @@ def encode_dead_letters(letters: list[DeadLetterRecord]) -> list[OutRecord]:
     out = []
     for dl in letters:
         headers: Headers = [
-            ("gridstream.error.class", dl.error_class.encode()),
-            ("gridstream.error.message", dl.error.encode(errors="replace")[:1024]),
-            ("gridstream.source.topic", dl.source_topic.encode()),
-            ("gridstream.source.partition", str(dl.source_partition).encode()),
-            ("gridstream.source.offset", str(dl.source_offset).encode()),
+            ("__connect.errors.topic", dl.source_topic.encode()),
+            ("__connect.errors.partition", str(dl.source_partition).encode()),
+            ("__connect.errors.offset", str(dl.source_offset).encode()),
+            _CONNECTOR,
+            ("__connect.errors.exception.class.name", dl.error_class.encode()),
+            ("__connect.errors.exception.message", dl.error.encode(errors="replace")[:1024]),
             ("gridstream.dead_lettered_at", iso_ms(dl.dead_lettered_ms).encode()),
             _VERSION,
         ]

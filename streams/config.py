@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import difflib
 import os
-import socket
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -23,151 +22,13 @@ from pydantic_settings import (
 
 from models.params import ProcessorParams
 from schemas.exceptions import GridstreamError
+from streams.config_kafka import KafkaSettings, SchemaRegistrySettings, _Section
 
 ENV_PREFIX = "GRIDSTREAM_"
 
 
 class ConfigError(GridstreamError):
     """A setting is missing or has a bad value; the message names the setting."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class KafkaSettings(_Section):
-    bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
-    group_id: str = Field(
-        "gridstream", description="consumer group; replicas in one group share the partitions"
-    )
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
-        "PLAINTEXT", description="`PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`"
-    )
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
-        None, description="SASL PLAIN or SCRAM-SHA-256/512"
-    )
-    sasl_username: str | None = Field(None, description="SASL user")
-    sasl_password: SecretStr | None = Field(None, description="SASL password; never logged")
-    ssl_ca_location: str | None = Field(None, description="CA certificate file (TLS)")
-    ssl_certificate_location: str | None = Field(None, description="client certificate (TLS)")
-    ssl_key_location: str | None = Field(None, description="client key (TLS)")
-    batch_size: int = Field(5000, ge=1, le=100_000, description="max records per batch")
-    batch_timeout_s: float = Field(
-        0.02,
-        gt=0,
-        le=60,
-        description="max wait to fill a batch; short on purpose: under load a batch is what "
-        "arrived while the previous one was processed, at low rates every reading waits this long",
-    )
-    fetch_wait_max_ms: int = Field(
-        10,
-        ge=0,
-        le=300_000,
-        description="longest a fetch waits at the broker for data (librdkafka's default, 500, "
-        "adds up to that much latency at low rates); GRIDSTREAM_KAFKA__EXTRA overrides it",
-    )
-    create_topics: bool = Field(True, description="create missing input and output topics at start")
-    partitions: int = Field(6, ge=1, le=10_000, description="partitions of created topics")
-    replication_factor: int = Field(1, ge=1, le=16, description="replicas of created topics")
-    auto_offset_reset: Literal["earliest", "latest"] = Field(
-        "earliest", description="where a new consumer group starts"
-    )
-    session_timeout_ms: int = Field(
-        45_000,
-        ge=1_000,
-        le=3_600_000,
-        description="consumer group session timeout; the embedded broker joins in about half",
-    )
-    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
-        "at_least_once",
-        description="exactly_once: outputs and input offsets in one Kafka transaction per batch",
-    )
-    transactional_id: str | None = Field(
-        None,
-        description="exactly_once: stable id per worker (default <group_id>-<hostname>; "
-        "`--workers` appends -<index>); a restarted worker with the same id fences its predecessor",
-    )
-    static_membership: bool = Field(
-        True,
-        description="join the group as a static member (group.instance.id), so a restarted "
-        "worker gets its partitions back without waiting out the session of its predecessor",
-    )
-    group_instance_id: str | None = Field(
-        None,
-        description="static membership: stable id per worker (default <group_id>-<hostname>, "
-        "--workers appends -<index>); two live consumers with one id fence each other",
-    )
-    extra: dict[str, str] = Field(
-        default_factory=dict, description="passed verbatim to librdkafka (consumer and producer)"
-    )
-
-    def instance_id(self) -> str | None:
-        """The consumer's group.instance.id, None without static membership."""
-        if not self.static_membership:
-            return None
-        return self.group_instance_id or f"{self.group_id}-{socket.gethostname()}"
-
-    def client_config(self) -> dict[str, str]:
-        """librdkafka settings shared by consumer, producer and admin client."""
-        conf: dict[str, str] = {
-            "bootstrap.servers": self.bootstrap_servers,
-            "security.protocol": self.security_protocol,
-        }
-        optional = {
-            "sasl.mechanism": self.sasl_mechanism,
-            "sasl.username": self.sasl_username,
-            "ssl.ca.location": self.ssl_ca_location,
-            "ssl.certificate.location": self.ssl_certificate_location,
-            "ssl.key.location": self.ssl_key_location,
-        }
-        conf.update({k: v for k, v in optional.items() if v is not None})
-        if self.sasl_password is not None:
-            conf["sasl.password"] = self.sasl_password.get_secret_value()
-        conf.update(self.extra)
-        return conf
-
-    def consumer_config(self) -> dict[str, object]:
-        """The consumer's librdkafka settings: defaults < security/``extra`` < fixed by the loop.
-
-        The loop commits offsets itself, after a batch's outputs are acknowledged, and reads
-        committed records only (exactly-once outputs of an aborted transaction never count).
-        """
-        return {
-            "fetch.wait.max.ms": self.fetch_wait_max_ms,  # a default: ``extra`` may override it
-            **self.client_config(),
-            "group.id": self.group_id,
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": self.auto_offset_reset,
-            "isolation.level": "read_committed",
-            "enable.partition.eof": False,
-            "session.timeout.ms": self.session_timeout_ms,
-            "heartbeat.interval.ms": max(100, self.session_timeout_ms // 5),
-            **({"group.instance.id": self.instance_id()} if self.static_membership else {}),
-        }
-
-    def producer_config(self) -> dict[str, object]:
-        """The output producer's librdkafka settings (both engines): idempotent, acks=all."""
-        return {
-            **self.client_config(),
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 5,
-            "batch.num.messages": 10_000,
-            "queue.buffering.max.messages": 500_000,
-        }
-
-    def transactional_config(self, transactional_id: str) -> dict[str, object]:
-        """The exactly-once producer: ``producer_config`` with one stable id per worker."""
-        return {
-            **self.producer_config(),
-            "transactional.id": transactional_id,
-            "transaction.timeout.ms": 60_000,
-        }
-
-    def default_transactional_id(self, host: str) -> str:
-        """The configured transactional id, else ``<group_id>-<host>`` (the CLI passes it in)."""
-        return self.transactional_id or f"{self.group_id}-{host}"
 
 
 class TopicSettings(_Section):
@@ -292,6 +153,7 @@ class Settings(BaseSettings):
     )
 
     kafka: KafkaSettings = KafkaSettings()
+    schema_registry: SchemaRegistrySettings = SchemaRegistrySettings()
     topics: TopicSettings = TopicSettings()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     processing: ProcessingSettings = ProcessingSettings()

@@ -5,7 +5,9 @@ An engine (the native confluent-kafka loop, or the faust worker) consumes record
 engines through the ``Engine`` port: which offsets are replays, how records are published, how
 input is held while a sink is down, and how offsets are committed. Everything else is here once:
 
-- decode + validate every record with the live contract of its topic (bad ones: dead letters);
+- unframe Schema Registry records (``streams.runtime.registry``), then decode + validate every
+  record with the live contract of its topic (bad ones: dead letters);
+- check that each reading's key is its entity id (``KafkaSettings.key_check``);
 - route each reading to its partition's core (``streams.state.tasks.TaskSet``); replayed
   readings rebuild state only and publish nothing, they were published in an earlier life;
 - one dead letter per rejected record, whether the decoder or the core rejected it;
@@ -29,9 +31,11 @@ from models.processor import ProcessResult
 from schemas.batch import DeadLetterRecord, ReadingBatch, Rejection
 from schemas.decode import METER, SCADA, decode_batch
 from streams.config import ProcessingSettings, TopicSettings
+from streams.config_kafka import SchemaRegistrySettings
 from streams.ops.report import BatchReport
 from streams.runtime.delivery import Delivery, Outputs, Pause, TopicRecords
 from streams.runtime.failpoints import Failpoints
+from streams.runtime.registry import RegistryUnavailable, Unframer
 from streams.state.tasks import TaskId, TaskOutput, TaskSet
 
 log = logging.getLogger("gridstream.batch")
@@ -148,6 +152,8 @@ class BatchStep:
         *,
         clock: Callable[[], float] = time.time,
         failpoints: Failpoints | None = None,
+        unframer: Unframer | None = None,
+        key_check: str = "dead_letter",
     ) -> None:
         self.topics = topics
         self.processing = processing
@@ -157,12 +163,15 @@ class BatchStep:
         self.clock = clock
         self.failpoints = failpoints or Failpoints({})
         self._contract = {topics.meter: METER, topics.scada: SCADA}
+        self.unframer = unframer or Unframer(SchemaRegistrySettings(), self._contract)
+        self.key_check = key_check
 
     def run(self, batch: Consumed, engine: Engine, stop: threading.Event) -> BatchReport:
         """Process, deliver and commit one batch; returns its report (not yet sent anywhere)."""
         started = time.perf_counter()
         now_ms = int(self.clock() * 1000)
-        work = self._process(batch, engine, now_ms)
+        plain, framing = self._unframe(batch, engine, stop)
+        work = self._process(batch, plain, framing, engine, now_ms)
         self.failpoints.hit("after_process")
         t_deliver = time.perf_counter()
         result = work.out.result
@@ -186,19 +195,66 @@ class BatchStep:
         report.forecasts_awaiting = self.tasks.forecasts_awaiting
         return report
 
-    def _process(self, batch: Consumed, engine: Engine, now_ms: int) -> _Work:
-        t_decode = time.perf_counter()
-        route = Routing(batch.topics, batch.partitions, batch.offsets, engine.replay_until())
-        engine.begin(route)
+    def _unframe(
+        self, batch: Consumed, engine: Engine, stop: threading.Event
+    ) -> tuple[list[bytes | None], dict[int, Rejection]]:
+        """Unframe registry records; while the registry is unreachable, hold input and retry."""
+        backoff, held = 0.5, False
+        try:
+            while True:
+                try:
+                    return self.unframer.unframe(batch.values, batch.topics)
+                except RegistryUnavailable as exc:
+                    if stop.is_set():
+                        raise
+                    self.stats.counters["schema_registry_retries"] += 1
+                    log.warning("retrying in %.1f s: %s", backoff, exc)
+                    if not held:
+                        engine.pause.hold()
+                        held = True
+                    engine.pause.wait(backoff, stop)
+                    backoff = min(backoff * 2, 30.0)
+        finally:
+            if held:
+                engine.pause.release()
+
+    def _decode(
+        self, batch: Consumed, plain: list[bytes | None], framing: dict[int, Rejection],
+        now_ms: int,
+    ) -> tuple[ReadingBatch, list[Rejection]]:
+        """The batch's valid readings, and a rejection for each record that is not one."""
         p = self.processing
         decoded = decode_batch(
-            batch.values,
+            plain,
             [self._contract[t] for t in batch.topics],
             now_ms=now_ms,
             max_age_ms=p.max_age_s * 1000,
             max_future_ms=p.max_future_s * 1000,
         )
-        readings = decoded.readings
+        # an unframing rejection stands where the decoder saw None
+        rejections = [framing.get(r.src_index, r) for r in decoded.rejections]
+        readings, wrong_keys = check_keys(decoded.readings, batch.keys, self.key_check)
+        if wrong_keys:
+            self.stats.counters["key_mismatch"] += len(wrong_keys)
+            if self.key_check == "dead_letter":
+                rejections = sorted(rejections + wrong_keys, key=lambda r: r.src_index)
+            else:
+                log.warning("%d readings keyed by another id, e.g. %s", len(wrong_keys),
+                            wrong_keys[0].error)
+        return readings, rejections
+
+    def _process(
+        self,
+        batch: Consumed,
+        plain: list[bytes | None],
+        framing: dict[int, Rejection],
+        engine: Engine,
+        now_ms: int,
+    ) -> _Work:
+        t_decode = time.perf_counter()
+        route = Routing(batch.topics, batch.partitions, batch.offsets, engine.replay_until())
+        engine.begin(route)
+        readings, rejections = self._decode(batch, plain, framing, now_ms)
         t_process = time.perf_counter()
         replay = route.replay
         out = self.tasks.process(
@@ -208,7 +264,7 @@ class BatchStep:
             now_ms,
             replay[readings.src_index] if replay is not None else None,
         )
-        rejections, topics = decoded.rejections, batch.topics
+        topics = batch.topics
         if replay is not None:  # replayed records were published and dead-lettered before
             self.stats.counters["replayed"] += int(replay.sum())
             rejections = [r for r in rejections if not replay[r.src_index]]
@@ -296,3 +352,30 @@ def dead_letter(batch: Consumed, rejection: Rejection, now_ms: int) -> DeadLette
         error=rejection.error,
         dead_lettered_ms=now_ms,
     )
+
+
+def check_keys(
+    readings: ReadingBatch, keys: Callable[[int], bytes | None], policy: str
+) -> tuple[ReadingBatch, list[Rejection]]:
+    """Readings whose Kafka key is not their entity id (which splits an entity's state over
+    partitions): with ``dead_letter`` they leave the batch as ``key_mismatch`` rejections; with
+    ``count`` they stay and are returned for counting only; ``off`` checks nothing."""
+    if policy == "off" or len(readings) == 0:
+        return readings, []
+    src = readings.src_index.tolist()
+    wrong = [
+        j for j, (eid, i) in enumerate(zip(readings.entity.tolist(), src, strict=True))
+        if keys(i) != eid.encode()
+    ]
+    if not wrong:
+        return readings, []
+    found = [
+        Rejection(src[j], "key_mismatch", f"key {keys(src[j])!r} is not the entity id "
+                  f"{readings.entity[j]!r}; records of one entity must share its id as key")
+        for j in wrong
+    ]
+    if policy != "dead_letter":
+        return readings, found
+    keep = np.ones(len(readings), dtype=bool)
+    keep[wrong] = False
+    return readings.take(keep), found

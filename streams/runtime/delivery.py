@@ -28,7 +28,7 @@ from typing import Protocol
 from models.processor import ProcessResult
 from schemas.batch import DeadLetterRecord, ReadingBatch
 from sinks.clickhouse import ClickHouseSink
-from sinks.encode import encode_anomalies, encode_dead_letters, encode_forecasts
+from sinks.encode import OutRecord, encode_anomalies, encode_dead_letters, encode_forecasts
 from sinks.exceptions import SinkError
 from streams.config import TopicSettings
 from streams.ops.monitor import RunnerMonitor
@@ -77,11 +77,22 @@ class Outputs:
     accepted: ReadingBatch
     now_ms: int
 
-    def topic_records(self, topics: TopicSettings) -> TopicRecords:
-        return [
+    def topic_records(
+        self, topics: TopicSettings, frames: dict[str, bytes] | None = None
+    ) -> TopicRecords:
+        """Encoded records per topic; ``frames`` prefixes a topic's values with its registered
+        schema's frame (dead letters never: they keep the original bytes)."""
+        records = [
             (topics.forecasts, encode_forecasts(self.result.forecasts)),
             (topics.anomalies, encode_anomalies(self.result.anomalies)),
             (topics.dead_letters, encode_dead_letters(self.dead)),
+        ]
+        if not frames:
+            return records
+        return [
+            (t, [OutRecord(r.key, frames[t] + r.value, r.headers) for r in recs])
+            if t in frames else (t, recs)
+            for t, recs in records
         ]
 
     @property
@@ -109,6 +120,7 @@ class Delivery:
         self.counters = counters
         self.failpoints = failpoints
         self.max_backoff_s = max_backoff_s
+        self.frames: dict[str, bytes] = {}  # output topic -> Schema Registry frame, set at start
 
     def deliver(
         self,
@@ -118,7 +130,7 @@ class Delivery:
         stop: threading.Event,
     ) -> None:
         """Write every output once acknowledged; raise a non-retryable error or one after stop."""
-        records = outputs.topic_records(self.topics)
+        records = outputs.topic_records(self.topics, self.frames)
         writes = {
             "kafka": (sum(len(r) for _, r in records), lambda: publish(records)),
             "clickhouse": (outputs.clickhouse_rows, lambda: self._write_clickhouse(outputs)),

@@ -51,6 +51,7 @@ from streams.ops.report import BatchReport
 from streams.runtime.batch import BatchStep, Consumed, Routing, RunStats
 from streams.runtime.delivery import Delivery, TopicRecords, WaitOnly
 from streams.runtime.failpoints import Failpoints
+from streams.runtime.registry import Unframer
 from streams.runtime.runner import as_task_set, ensure_topics
 from streams.state.tasks import TaskId, TaskSet
 
@@ -148,9 +149,11 @@ class FaustEngine:
             "at_least_once", settings.topics, clickhouse, self.monitor,
             self.stats.counters, failpoints, max_backoff_s,
         )
+        t = settings.topics
         self.step = BatchStep(
-            settings.topics, settings.processing, self.processor, delivery, self.stats,
-            clock=clock, failpoints=failpoints,
+            t, settings.processing, self.processor, delivery, self.stats,
+            clock=clock, failpoints=failpoints, key_check=settings.kafka.key_check,
+            unframer=Unframer(settings.schema_registry, {t.meter: "meter", t.scada: "scada"}),
         )
         self._stop = threading.Event()
         self._worker: Any = None

@@ -20,8 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from models.ensemble import NowcastEnsemble
 from models.exceptions import ModelError
@@ -40,6 +39,8 @@ from streams.runtime.commits import commit_or_defer
 from streams.runtime.delivery import Delivery, TopicRecords
 from streams.runtime.failpoints import Failpoints
 from streams.runtime.fairness import FairBuffer
+from streams.runtime.registry import Unframer, output_frames
+from streams.runtime.topics import ensure_topics
 from streams.state.checkpoints import CheckpointStore
 from streams.state.recovery import PartitionStates
 from streams.state.tasks import TaskId, TaskSet
@@ -47,33 +48,6 @@ from streams.state.tasks import TaskId, TaskSet
 log = logging.getLogger("gridstream.runner")
 
 __all__ = ["RunStats", "StreamRunner", "ensure_topics", "as_task_set"]
-
-
-def ensure_topics(settings: Settings, admin: AdminClient | None = None) -> list[str]:
-    """Create the input and output topics that do not exist yet; returns the ones created."""
-    admin = admin or AdminClient(settings.kafka.client_config())
-    t = settings.topics
-    wanted = [t.meter, t.scada, t.forecasts, t.anomalies, t.dead_letters]
-    existing = set(admin.list_topics(timeout=10).topics)
-    missing = [name for name in wanted if name not in existing]
-    if not missing:
-        return []
-    futures = admin.create_topics(
-        [
-            NewTopic(name, settings.kafka.partitions, settings.kafka.replication_factor)
-            for name in missing
-        ]
-    )
-    created = []
-    for name, fut in futures.items():
-        try:
-            fut.result(timeout=30)
-            created.append(name)
-        except Exception as exc:  # noqa: BLE001 - another worker may have created it first
-            err = exc.args[0] if exc.args else None
-            if not (isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS):
-                raise
-    return created
 
 
 def as_task_set(settings: Settings, processor: TaskSet | GridProcessor | None) -> TaskSet:
@@ -137,6 +111,11 @@ class StreamRunner:
             self.stats,
             clock=clock,
             failpoints=self.failpoints,
+            unframer=Unframer(
+                settings.schema_registry, {settings.topics.meter: "meter",
+                                           settings.topics.scada: "scada"}
+            ),
+            key_check=k.key_check,
         )
         self._consumer: Consumer | None = None
         self._topics: TopicSink | None = None
@@ -180,6 +159,11 @@ class StreamRunner:
         if seeks:  # start replays below the committed offset: assign with explicit offsets
             for p in parts:
                 p.offset = seeks.get((p.topic, p.partition), p.offset)
+        # cooperative protocols add partitions to the assignment, eager ones replace it; without
+        # a call here the client would do the same with the committed offsets
+        if self.settings.kafka.assignment_strategy == "cooperative-sticky":
+            consumer.incremental_assign(parts)
+        elif seeks:
             consumer.assign(parts)
         self.monitor.assigned([(p.topic, p.partition) for p in parts])
         log.info("assigned %s; replaying %s", sorted(self.assigned), seeks or "nothing")
@@ -201,10 +185,18 @@ class StreamRunner:
         stop = self._stop = stop or threading.Event()
         if self.settings.kafka.create_topics:
             ensure_topics(self.settings)
+        self.step.delivery.frames = output_frames(
+            self.settings.schema_registry, self.settings.topics
+        )
         consumer, topics = self._make_clients()
         self._consumer, self._topics = consumer, topics
         t = self.settings.topics
-        consumer.subscribe([t.meter, t.scada], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        consumer.subscribe(
+            [t.meter, t.scada],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,  # state is checkpointed per partition either way
+        )
         self.monitor.loop_started()
         error: BaseException | None = None
         try:

@@ -263,7 +263,7 @@ def _verify(
         assert crashes["before_commit"] >= 1, crashes
         assert sum(skipped.values()) >= 1, f"no aborted transaction was skipped: {crashes}"
     dead_sources = Counter(
-        (h["gridstream.source.partition"], h["gridstream.source.offset"])
+        (h["__connect.errors.partition"], h["__connect.errors.offset"])
         for h in (dict(m.headers() or []) for m in dead)
     )
     print(

@@ -156,8 +156,8 @@ def test_faust_engine_outputs_equal_native(bootstrap: str, unique: str, tmp_path
 
     def dead(topic: str) -> list[tuple[bytes, bytes, str, str]]:
         return sorted(
-            (m.key(), m.value(), h["gridstream.error.class"].decode(),
-             h["gridstream.source.offset"].decode())
+            (m.key(), m.value(), h["__connect.errors.exception.class.name"].decode(),
+             h["__connect.errors.offset"].decode())
             for m in _read_all(bootstrap, topic, idle_s=2.0)
             for h in [headers(m)]
         )

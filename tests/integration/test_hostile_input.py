@@ -130,6 +130,6 @@ def test_every_hostile_record_is_processed_or_dead_lettered(
     produced = set(records)
     for m in dead:
         assert (m.value() or b"") in produced
-        reason = dict(m.headers())["gridstream.error.class"].decode()
-        assert reason and dict(m.headers())["gridstream.error.message"]
+        reason = dict(m.headers())["__connect.errors.exception.class.name"].decode()
+        assert reason and dict(m.headers())["__connect.errors.exception.message"]
     backend.close()

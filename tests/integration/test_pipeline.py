@@ -105,11 +105,12 @@ def test_pipeline_end_to_end(bootstrap: str, unique: str, chdb_path: Path) -> No
 
     # dead letters: original bytes, reason and source coordinates in headers
     dead = read_all(bootstrap, settings.topics.dead_letters, expect=sum(reasons.values()))
-    assert Counter(headers(m)["gridstream.error.class"].decode() for m in dead) == Counter(reasons)
+    reason = "__connect.errors.exception.class.name"
+    assert Counter(headers(m)[reason].decode() for m in dead) == Counter(reasons)
     originals = {v for _, v in records}
     assert all(m.value() in originals for m in dead)
     assert all(
-        headers(m)["gridstream.source.topic"].decode() == settings.topics.meter for m in dead
+        headers(m)["__connect.errors.topic"].decode() == settings.topics.meter for m in dead
     )
 
     # forecasts: two horizons for every good reading once its meter has 3 readings

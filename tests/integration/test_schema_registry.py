@@ -1,0 +1,227 @@
+"""Schema Registry in and out, on real parts: confluent-kafka's own serializers and client, a
+Schema Registry speaking the real REST protocol (``tests.schemaregistry``), the embedded broker.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.schema_registry import SchemaRegistryClient, topic_record_subject_name_strategy
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.schema_registry.json_schema import JSONDeserializer, JSONSerializer
+from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from schemas.generate import JSON_DIR
+from schemas.wire import METER_AVRO, proto_classes
+from streams.config import Settings
+from streams.config_kafka import SchemaRegistrySettings
+from streams.runtime.registry import RegistryUnavailable, Unframer
+from streams.runtime.runner import StreamRunner, ensure_topics
+from tests.integration.conftest import RunnerThread, make_settings, wait_until
+from tests.integration.helpers import headers, read_all
+from tests.schemaregistry import SchemaRegistryServer
+
+pytestmark = pytest.mark.integration
+
+STEP_MS = 900_000
+READINGS = 16
+
+
+@pytest.fixture
+def registry() -> Iterator[SchemaRegistryServer]:
+    with SchemaRegistryServer() as server:
+        yield server
+
+
+def _serializers(url: str) -> dict[str, object]:
+    """One serializer per wire format, each registering under its own subject of the topic."""
+    client = SchemaRegistryClient({"url": url})
+    per_record = {"subject.name.strategy": topic_record_subject_name_strategy}
+    return {
+        "avro": AvroSerializer(client, METER_AVRO),
+        "json": JSONSerializer(
+            (JSON_DIR / "meter_reading.schema.json").read_text(), client, conf=per_record
+        ),
+        "proto": ProtobufSerializer(
+            proto_classes()["meter"], client, {"use.deprecated.format": False, **per_record}
+        ),
+    }
+
+
+def _produce_framed(bootstrap: str, url: str, topic: str, now_ms: int) -> dict[str, int]:
+    """READINGS readings of one meter per format, framed by confluent-kafka's serializers."""
+    serializers = _serializers(url)
+    ctx = SerializationContext(topic, MessageField.VALUE)
+    producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random"})
+    start = now_ms - READINGS * STEP_MS
+    meter_class = proto_classes()["meter"]
+    for i in range(READINGS):
+        for fmt, ser in serializers.items():
+            meter = f"meter-{fmt}"
+            doc = {"meter_id": meter, "ts": start + i * STEP_MS, "kw": 2.0 + 0.1 * (i % 4)}
+            if fmt == "proto":
+                value = ser(meter_class(**doc, voltage_v=230.0), ctx)  # type: ignore[operator]
+            else:
+                value = ser({**doc, "voltage_v": 230.0}, ctx)  # type: ignore[operator]
+            producer.produce(topic, value, meter.encode())
+    assert producer.flush(30) == 0
+    return {f"meter-{fmt}": READINGS for fmt in serializers}
+
+
+def _settings(bootstrap: str, unique: str, chdb_path: Path, **registry: object) -> Settings:
+    base = make_settings(bootstrap, unique, chdb_path, clickhouse="none")
+    return base.model_copy(update={"schema_registry": SchemaRegistrySettings(**registry)})
+
+
+def test_avro_json_schema_and_protobuf_readings_are_scored_end_to_end(
+    bootstrap: str, unique: str, chdb_path: Path, registry: SchemaRegistryServer
+) -> None:
+    settings = _settings(
+        bootstrap, unique, chdb_path, url=registry.url, output_format="json_schema"
+    )
+    ensure_topics(settings)
+    now_ms = int(time.time() * 1000)
+    sent = _produce_framed(bootstrap, registry.url, settings.topics.meter, now_ms)
+    runner = StreamRunner(settings)
+    with RunnerThread(runner) as running:
+        wait_until(
+            "every framed reading consumed",
+            lambda: runner.stats.counters["consumed"] >= sum(sent.values()),
+            check=running.check,
+        )
+    assert runner.stats.counters["dead_letters"] == 0
+    assert runner.stats.counters["scored"] + runner.stats.counters["warming_up"] == 48
+    # forecasts are framed with the registered forecast schema, readable by JSONDeserializer
+    client = SchemaRegistryClient({"url": registry.url})
+    reader = JSONDeserializer(None, schema_registry_client=client)
+    ctx = SerializationContext(settings.topics.forecasts, MessageField.VALUE)
+    forecasts = read_all(bootstrap, settings.topics.forecasts, expect=1)
+    docs = [reader(m.value(), ctx) for m in forecasts]
+    assert {d["entity_id"] for d in docs} == set(sent)
+    subjects = set(client.get_subjects())
+    topic = settings.topics.meter
+    assert {
+        f"{topic}-value",  # Avro: TopicNameStrategy
+        f"{topic}-MeterReading",  # JSON Schema: its title
+        f"{topic}-gridstream.v1.MeterReading",  # Protobuf: its full name
+        f"{settings.topics.forecasts}-value",
+        f"{settings.topics.anomalies}-value",
+    } <= subjects
+
+
+def test_without_a_registry_framed_readings_are_dead_lettered_saying_so(
+    bootstrap: str, unique: str, chdb_path: Path, registry: SchemaRegistryServer
+) -> None:
+    settings = _settings(bootstrap, unique, chdb_path)  # no registry URL
+    ensure_topics(settings)
+    sent = _produce_framed(bootstrap, registry.url, settings.topics.meter, int(time.time() * 1000))
+    runner = StreamRunner(settings)
+    with RunnerThread(runner) as running:
+        wait_until(
+            "every framed reading consumed",
+            lambda: runner.stats.counters["consumed"] >= sum(sent.values()),
+            check=running.check,
+        )
+    dead = read_all(bootstrap, settings.topics.dead_letters, expect=48)
+    reasons = Counter(headers(m)["__connect.errors.exception.class.name"].decode() for m in dead)
+    assert reasons == {"schema_registry_not_configured": 48}
+    message = headers(dead[0])["__connect.errors.exception.message"].decode()
+    assert "GRIDSTREAM_SCHEMA_REGISTRY__URL" in message and "schema id" in message
+
+
+# -- the format rules, record by record (no broker needed) ----------------------------------------
+def _framed(url: str, topic: str, fmt: str) -> bytes:
+    ser = _serializers(url)[fmt]
+    ctx = SerializationContext(topic, MessageField.VALUE)
+    doc = {"meter_id": "m1", "ts": 1_700_000_000_000, "kw": 1.5}
+    return ser(proto_classes()["meter"](**doc) if fmt == "proto" else doc, ctx)  # type: ignore
+
+
+@pytest.mark.parametrize(
+    ("fmt", "record", "reason"),
+    [
+        ("avro", "plain", "not_framed"),
+        ("avro", "json", "wrong_schema_type"),
+        ("json", "avro", "unexpected_framing"),
+        ("protobuf", "proto", None),
+        ("json_schema", "json", None),
+        ("auto", "unknown_id", "unknown_schema_id"),
+        ("auto", "garbage", "schema_decode_failed"),
+    ],
+)
+def test_each_topic_format_takes_only_its_own_records(
+    registry: SchemaRegistryServer, fmt: str, record: str, reason: str | None
+) -> None:
+    unframer = Unframer(SchemaRegistrySettings(url=registry.url, meter_format=fmt), {"t": "meter"})
+    values = {
+        "plain": b'{"meter_id":"m1","ts":1700000000000,"kw":1.5}',
+        "unknown_id": b"\x00\x00\x00\x03\xe7{}",
+    }
+    if record in ("avro", "json", "proto"):
+        values[record] = _framed(registry.url, "t", record)
+    values["garbage"] = _framed(registry.url, "t", "avro")[:6]
+    out, rejected = unframer.unframe([values[record]], ["t"])
+    if reason is None:
+        assert rejected == {} and b'"meter_id":"m1"' in out[0]  # type: ignore[operator]
+    else:
+        assert out == [None] and rejected[0].error_class == reason
+
+
+def test_an_unreachable_registry_is_retried_not_dead_lettered(registry: SchemaRegistryServer
+                                                               ) -> None:
+    framed = _framed(registry.url, "t", "avro")
+    down = Unframer(SchemaRegistrySettings(url="http://127.0.0.1:9"), {"t": "meter"})
+    with pytest.raises(RegistryUnavailable, match="unreachable"):
+        down.unframe([framed], ["t"])
+
+
+def test_the_endpoint_checks_compatibility_as_the_registry_does(
+    registry: SchemaRegistryServer,
+) -> None:
+    from confluent_kafka.schema_registry import Schema
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+    client = SchemaRegistryClient({"url": registry.url})
+    v1 = METER_AVRO
+    added_optional = METER_AVRO.replace(
+        '{"name":"quality"', '{"name":"site","type":["null","string"],"default":null},'
+        '{"name":"quality"'
+    )
+    added_required = METER_AVRO.replace(
+        '{"name":"quality"', '{"name":"site","type":"string"},{"name":"quality"'
+    )
+    assert client.register_schema("s-value", Schema(v1, "AVRO")) == 1
+    assert client.register_schema("s-value", Schema(v1, "AVRO")) == 1  # the same id again
+    assert client.test_compatibility("s-value", Schema(added_optional, "AVRO"))
+    assert not client.test_compatibility("s-value", Schema(added_required, "AVRO"))
+    with pytest.raises(SchemaRegistryError, match="incompatible"):
+        client.register_schema("s-value", Schema(added_required, "AVRO"))
+    client.set_compatibility("s-value", "NONE")
+    assert client.register_schema("s-value", Schema(added_required, "AVRO")) == 2
+    assert client.get_latest_version("s-value").version == 2
+
+
+def test_the_shortcuts_read_what_confluent_kafkas_deserializers_read(
+    registry: SchemaRegistryServer,
+) -> None:
+    from confluent_kafka.schema_registry.avro import AvroDeserializer
+
+    client = SchemaRegistryClient({"url": registry.url})
+    unframer = Unframer(SchemaRegistrySettings(url=registry.url), {"t": "meter"})
+    ctx = SerializationContext("t", MessageField.VALUE)
+    readers = {
+        "avro": AvroDeserializer(client),
+        "json": JSONDeserializer(None, schema_registry_client=client),
+    }
+    for fmt, reader in readers.items():
+        framed = _framed(registry.url, "t", fmt)
+        (plain,), rejected = unframer.unframe([framed], ["t"])
+        assert rejected == {}
+        assert orjson.loads(plain) == orjson.loads(orjson.dumps(reader(framed, ctx)))
