@@ -130,6 +130,12 @@ class ProcessingSettings(_Section):
     checkpoint_interval_s: float = Field(
         30.0, gt=0, description="how often each partition's state is checkpointed"
     )
+    on_partition_change: Literal["refuse", "reset"] = Field(
+        "refuse",
+        description="an input topic's partition count differs from the one its state was built "
+        "with: `refuse` stops with a message; `reset` discards that topic's state (entities warm "
+        "up again)",
+    )
 
     def params(self) -> ProcessorParams:
         return ProcessorParams(

@@ -42,6 +42,7 @@ from streams.runtime.fairness import FairBuffer
 from streams.runtime.registry import Unframer, output_frames
 from streams.runtime.topics import ensure_topics
 from streams.state.checkpoints import CheckpointStore
+from streams.state.layout import PartitionLayout
 from streams.state.recovery import PartitionStates
 from streams.state.tasks import TaskId, TaskSet
 
@@ -87,6 +88,7 @@ class StreamRunner:
         p, k = settings.processing, settings.kafka
         store = CheckpointStore(p.state_dir, k.group_id) if p.state_dir else None
         self.states = PartitionStates(self.processor, store, p.checkpoint_interval_s)
+        self.layout = PartitionLayout(store.dir if store else None, p.on_partition_change)
         self.exactly_once = k.processing_guarantee == "exactly_once"
         self.transactional_id = transactional_id or k.default_transactional_id(socket.gethostname())
         self.failpoints = failpoints or Failpoints({})
@@ -152,6 +154,8 @@ class StreamRunner:
         self._fair.drop((p.topic, p.partition) for p in parts)  # fresh positions follow
         self.assigned.update((p.topic, p.partition) for p in parts)
         self.stats.counters["rebalances"] += 1
+        for topic in self.layout.check(_partition_counts(consumer, {p.topic for p in parts})):
+            self.states.reset_topic(topic)
         committed = consumer.committed(parts, timeout=30) if parts else []
         seeks = self.states.assign(
             {(tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else -1) for tp in committed}
@@ -372,6 +376,12 @@ class _PausePartitions:
         consumer.resume(
             [tp for tp in consumer.assignment() if (tp.topic, tp.partition) not in fair]
         )
+
+
+def _partition_counts(consumer: Consumer, topics: set[str]) -> dict[str, int]:
+    """The current partition count of each topic, from the cluster's metadata."""
+    found = {t: consumer.list_topics(t, timeout=10).topics.get(t) for t in topics}
+    return {t: len(meta.partitions) for t, meta in found.items() if meta and meta.partitions}
 
 
 def _partitions(offsets: list[tuple[str, int, int]]) -> list[TopicPartition]:

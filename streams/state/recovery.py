@@ -171,6 +171,19 @@ class PartitionStates:
             self._save(tid, task)
             self._parked[tid] = task
 
+    def reset_topic(self, topic: str) -> None:
+        """Discard every state of ``topic``'s partitions (``streams.state.layout``: reset)."""
+        for tid in [t for t in self.tasks.tasks if t[0] == topic]:
+            old = self.tasks.pop(tid)
+            assert old is not None
+            self.tasks.adopt(tid, self.tasks.new_processor(), old.position)
+            self.replay_until.pop(tid, None)
+        self._parked = {t: task for t, task in self._parked.items() if t[0] != topic}
+        if self.store is not None:
+            for path in self.store.dir.glob(f"{topic}.*.ckpt"):
+                path.unlink(missing_ok=True)
+        self.counters["partition_layout_resets"] += 1
+
     # -- after each batch ---------------------------------------------------------------------
     def advance(self, positions: dict[TaskId, int]) -> None:
         """The batch is committed: each task's state now reaches ``positions[tid]``."""
