@@ -304,6 +304,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_child(bench_command(args.quick, args.json))
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    from streams.cli_config import render
+
+    print(render(_settings(args), args.format), end="")
+    return 0
+
+
 # -- dispatch ----------------------------------------------------------------------------------
 HANDLERS = {
     "run": cmd_run,
@@ -317,11 +324,14 @@ HANDLERS = {
     "report": cmd_report,
     "bench": cmd_bench,
     "train": cmd_train,
+    "config": cmd_config,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.log_level:  # the CLI edge: settings (and --workers children) read it from here
+        os.environ["GRIDSTREAM_LOG_LEVEL"] = args.log_level
     try:
         return int(HANDLERS[args.command](args))
     except ConfigError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -222,11 +223,48 @@ def env_names() -> set[str]:
     return names
 
 
+# Kubernetes gives every pod variables for each Service of its namespace (enableServiceLinks): a
+# Service "gridstream" or "gridstream-metrics" yields GRIDSTREAM_SERVICE_HOST, GRIDSTREAM_PORT,
+# GRIDSTREAM_METRICS_PORT_8000_TCP_ADDR, ... Recognised by name and value together, so a
+# misspelt setting (GRIDSTREAM_KAFKA_PORT=9092) is still refused.
+_IP = r"(\d{1,3}(\.\d{1,3}){3}|\[?[0-9a-fA-F:]+\]?)"
+_URL = rf"(tcp|udp|sctp)://{_IP}:\d+"
+_SERVICE_LINK = (
+    (re.compile(r"(_[A-Z0-9_]+)?_SERVICE_HOST"), re.compile(_IP)),
+    (re.compile(r"(_[A-Z0-9_]+)?_SERVICE_PORT(_[A-Z0-9_]+)?"), re.compile(r"\d+")),
+    (re.compile(r"(_[A-Z0-9_]+)?_PORT"), re.compile(_URL)),
+    (re.compile(r"(_[A-Z0-9_]+)?_PORT_\d+_(TCP|UDP|SCTP)"), re.compile(_URL)),
+    (re.compile(r"(_[A-Z0-9_]+)?_PORT_\d+_(TCP|UDP|SCTP)_PROTO"), re.compile(r"tcp|udp|sctp")),
+    (re.compile(r"(_[A-Z0-9_]+)?_PORT_\d+_(TCP|UDP|SCTP)_PORT"), re.compile(r"\d+")),
+    (re.compile(r"(_[A-Z0-9_]+)?_PORT_\d+_(TCP|UDP|SCTP)_ADDR"), re.compile(_IP)),
+)
+
+
+def is_service_link(name: str, value: str) -> bool:
+    """Whether ``name=value`` is a Kubernetes service-link variable of a ``gridstream*`` Service.
+
+    >>> is_service_link("GRIDSTREAM_PORT_8000_TCP", "tcp://10.96.0.12:8000")
+    True
+    >>> is_service_link("GRIDSTREAM_KAFKA_PORT", "9092")
+    False
+    """
+    rest = name.upper().removeprefix("GRIDSTREAM")
+    return any(
+        n.fullmatch(rest) is not None and v.fullmatch(value.strip()) is not None
+        for n, v in _SERVICE_LINK
+    )
+
+
 def _reject_unknown_env(environ: os._Environ[str] | dict[str, str]) -> None:
-    """A misspelt variable would otherwise be ignored without a word; refuse it instead."""
+    """A misspelt variable would otherwise be ignored without a word; refuse it instead.
+
+    Kubernetes service-link variables (``is_service_link``) are not settings and pass.
+    """
     known = env_names()
     unknown = sorted(
-        k for k in environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known
+        k for k, v in environ.items()
+        if k.upper().startswith(ENV_PREFIX) and k.upper() not in known
+        and not is_service_link(k, v)
     )
     if unknown:
         hints = []
