@@ -36,6 +36,7 @@ from schemas.decode import decode_batch
 from sinks.clickhouse import ClickHouseSink
 from sinks.clickhouse_backend import ChdbBackend
 from streams.config import ClickHouseSettings, KafkaSettings, Settings, TopicSettings
+from streams.ops.progress import Progress, wanted
 from streams.runtime.runner import StreamRunner, ensure_topics
 from streams.runtime.workers import gc_policy
 from streams.service import Assembly, build_service
@@ -256,7 +257,17 @@ def _summary(report: dict[str, object]) -> list[tuple[str, str]]:
     return rows
 
 
-def run(quick: bool = False, json_path: Path | None = None) -> dict[str, object]:
+PHASES = 8  # the ``phase`` calls below
+
+
+def run(quick: bool = False, json_path: Path | None = None, progress: Progress | None = None
+        ) -> dict[str, object]:
+    progress = progress or Progress(False)
+    task = progress.task("bench: generating readings", total=PHASES)
+
+    def phase(name: str) -> None:
+        progress.advance(task, description=f"bench: {name}")
+
     meters, days = (500, 2.0) if quick else (2000, 4.0)
     values = _records(meters, days)
     n = len(values)
@@ -275,17 +286,21 @@ def run(quick: bool = False, json_path: Path | None = None) -> dict[str, object]
             topics=topics,
         )
         ensure_topics(settings)
+        phase("producing")
         _produce(broker.bootstrap, topics.meter, values)
+        phase("consume ceiling, then the pipeline")
         report["ceiling_rps"] = round(ceiling(broker.bootstrap, topics.meter, n))
         pipe = pipeline(broker.bootstrap, topics, n, tmp / "chdb")
         report["pipeline_rps"] = round(pipe["rps"])
         report["pipeline_batches"] = int(pipe["batches"])
         report["pipeline_to_ceiling"] = round(pipe["rps"] / report["ceiling_rps"], 4)  # type: ignore[operator]
+        phase("the core alone, then stages")
         with gc_policy():
             c = core(values)
         report["core_rps"] = round(c["rps"])
         report["stages_us"] = stages_us(values, tmp / "chdb")
         seconds, burst = (3.0, 10_000) if quick else (10.0, 30_000)
+        phase("latency")
         lat = {
             "chdb": latency.measure(broker.bootstrap, tmp, seconds=seconds, burst=burst),
             "kafka_only": latency.measure(broker.bootstrap, tmp, seconds=seconds, burst=burst,
@@ -293,11 +308,15 @@ def run(quick: bool = False, json_path: Path | None = None) -> dict[str, object]
         }
         report["latency"] = lat
         report["p99_latency_ms"] = lat["chdb"]["10000_per_s"]["p99_ms"]  # type: ignore[index]
+        phase("scaling")
         report["scaling"] = scaling.measure(broker.bootstrap, tmp, values[: n // 2])
         from benchmarks.faust_reference import peer_figures  # faust/Quix peers, same readings
 
+        phase("faust and Quix references")
+
         report.update(peer_figures(broker.bootstrap, topics.model_dump(exclude={"labels"}), n,
                                    Path(tmp), PARTITIONS, quick, report["pipeline_rps"]))
+    phase("memory")
     by_entities = memory.rss_by_entities()
     report["memory"] = {
         "by_entities": by_entities,
@@ -308,6 +327,7 @@ def run(quick: bool = False, json_path: Path | None = None) -> dict[str, object]
     report["bench_process_peak_rss_mb"] = round(
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1
     )
+    phase("done")
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report, indent=1) + "\n")
@@ -319,10 +339,12 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="about a minute: 500 meters, 2 days")
-    ap.add_argument("--json", type=Path, default=RESULTS / "bench.json")
+    ap.add_argument("--json", type=Path, default=RESULTS / "bench.json", help="results file")
+    ap.add_argument("--quiet", action="store_true", help="no progress display on stderr")
     args = ap.parse_args(argv)
     started = time.perf_counter()
-    report = run(args.quick, args.json)
+    with Progress(wanted(args.quiet)) as progress:
+        report = run(args.quick, args.json, progress)
     rows = _summary(report)
     width = max(len(k) for k, _ in rows)
     for key, value in rows:

@@ -22,7 +22,10 @@ from streams.cli_parser import build_parser
 from streams.config import ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
+    from streams.ops.progress import Progress
     from streams.runtime.failpoints import Failpoints
+    from streams.sim.generator import SimConfig
+    from streams.sim.producer import SimStats
 
 log = logging.getLogger("gridstream")
 
@@ -203,11 +206,9 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    from streams.ops.progress import Progress, wanted
     from streams.runtime.runner import ensure_topics
     from streams.sim.generator import SimConfig
-    from streams.sim.producer import run_simulator
     from streams.sim.resume import newest_reading_ms
 
     settings = _settings(args)
@@ -236,6 +237,29 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         + (f", labels to {args.labels}" if args.labels else ""),
         flush=True,
     )
+    with Progress(wanted(args.quiet)) as progress:
+        stats = _simulate(settings, args, config, start_ms, stop, progress)
+    print(
+        f"produced {stats.produced:,} readings ({stats.duplicates:,} duplicates, "
+        f"{stats.late:,} late, {stats.missing:,} missing), {stats.labels:,} labelled anomalies, "
+        f"{stats.delivery_errors:,} delivery errors in {stats.wall_s:.1f} s"
+    )
+    return 1 if stats.delivery_errors else 0
+
+
+def _simulate(settings: Settings, args: argparse.Namespace, config: SimConfig, start_ms: int,
+              stop: threading.Event, progress: Progress) -> SimStats:
+    """The simulator with a progress line: readings produced, and the simulated time reached."""
+    from pathlib import Path
+
+    from streams.sim.producer import run_simulator
+
+    task = progress.task("simulating")
+
+    def show(stats: SimStats) -> None:
+        progress.update(task, completed=stats.produced, description=f"simulating: "
+                        f"{stats.produced:,} readings, {stats.labels:,} labelled anomalies")
+
     stats = run_simulator(
         settings.kafka.client_config(),
         settings.topics.meter,
@@ -247,13 +271,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         labels_path=Path(args.labels) if args.labels else None,
         labels_topic=settings.topics.labels,
         stop_event=stop,
+        progress=show,
     )
-    print(
-        f"produced {stats.produced:,} readings ({stats.duplicates:,} duplicates, "
-        f"{stats.late:,} late, {stats.missing:,} missing), {stats.labels:,} labelled anomalies, "
-        f"{stats.delivery_errors:,} delivery errors in {stats.wall_s:.1f} s"
-    )
-    return 1 if stats.delivery_errors else 0
+    progress.finish(task)
+    return stats
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -270,7 +291,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
-def bench_command(quick: bool, json_path: str | None) -> list[str]:
+def bench_command(quick: bool, json_path: str | None, quiet: bool = False) -> list[str]:
     """The harness as its own interpreter runs it: the CLI never imports ``benchmarks``."""
     return [
         sys.executable,
@@ -278,6 +299,7 @@ def bench_command(quick: bool, json_path: str | None) -> list[str]:
         "benchmarks.harness",
         *(["--quick"] if quick else []),
         *(["--json", json_path] if json_path else []),
+        *(["--quiet"] if quiet else []),
     ]
 
 
@@ -301,7 +323,7 @@ def run_child(cmd: Sequence[str]) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    return run_child(bench_command(args.quick, args.json))
+    return run_child(bench_command(args.quick, args.json, args.quiet))
 
 
 def cmd_config(args: argparse.Namespace) -> int:

@@ -6,9 +6,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from streams.config import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from schemas.batch import ReadingBatch
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -19,7 +24,8 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     from collections import Counter
     from pathlib import Path
 
-    from streams.tools.backtest import backtest_file
+    from streams.ops.progress import Progress, wanted
+    from streams.tools.backtest import backtest_frame, read_input, write_output
 
     for flag, value in (("--batch-size", args.batch_size), ("--partitions", args.partitions)):
         if value < 1:
@@ -43,10 +49,23 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         from streams.tools.report_input import BacktestCollector
 
         collector = BacktestCollector()
-    result = backtest_file(
-        Path(args.input), Path(args.output), params, args.batch_size, ensemble, collector,
-        partitions=args.partitions,
-    )
+    with Progress(wanted(args.quiet)) as progress:
+        step = progress.task(f"reading {args.input}")
+        frame = read_input(Path(args.input))
+        progress.finish(step)
+        rows = progress.task("backtest", total=len(frame))
+
+        def on_batch(batch: object, res: object) -> None:
+            progress.advance(rows, len(batch))  # type: ignore[arg-type]
+            if collector is not None:
+                collector(batch, res)  # type: ignore[arg-type]
+
+        table, result = backtest_frame(
+            frame, params, args.batch_size, ensemble, on_batch, partitions=args.partitions
+        )
+        step = progress.task(f"writing {args.output}")
+        write_output(table, Path(args.output))
+        progress.finish(step)
     c = result.counters
     dead = Counter(x for x in result.dead_letter if x is not None)
     sev = Counter(ev.severity for ev in result.events)
@@ -103,23 +122,36 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from models.training import train_model_set
+    from streams.ops.progress import Progress, wanted
     from streams.tools.backtest import read_input, reading_batches
 
     params = _settings(args).processing.params()
     started = time.perf_counter()
-    batches, rejected = reading_batches(read_input(Path(args.input)))
-    rows = sum(len(b) for b in batches)
-    if rejected:
-        print(f"train: {rejected:,} rows of {args.input} are not valid readings and are skipped")
-    path, metrics, decision = train_model_set(
-        batches,
-        params,
-        Path(args.output),
-        name=args.name,
-        seed=args.seed,
-        max_iter=args.max_iter,
-        promote=not args.no_promote,
-    )
+    with Progress(wanted(args.quiet)) as progress:
+        step = progress.task(f"reading {args.input}")
+        batches, rejected = reading_batches(read_input(Path(args.input)))
+        progress.finish(step)
+        rows = sum(len(b) for b in batches)
+        if rejected:
+            print(f"train: {rejected:,} rows of {args.input} are not valid readings; skipped")
+        fitting: list[int] = []
+
+        def replayed() -> Iterator[ReadingBatch]:
+            """The history batch by batch; then the fit runs (a spinner: it has no steps)."""
+            yield from progress.track(batches, "replaying history", total=len(batches))
+            fitting.append(progress.task(f"fitting the ensemble (max {args.max_iter} iter)"))
+
+        path, metrics, decision = train_model_set(
+            replayed(),
+            params,
+            Path(args.output),
+            name=args.name,
+            seed=args.seed,
+            max_iter=args.max_iter,
+            promote=not args.no_promote,
+        )
+        for task in fitting:
+            progress.finish(task)
     print(f"trained {path.name} on {rows:,} readings in {time.perf_counter() - started:.1f} s")
     for h in params.horizons_s:
         print(

@@ -95,3 +95,40 @@ def test_backtest_errors_are_clear(tmp_path: Path) -> None:
     assert size.returncode == 2
     assert "--batch-size" in size.stderr
     assert not (tmp_path / "out.csv").exists()
+
+
+def _backtest_on_a_terminal(tmp_path: Path, *extra: str) -> tuple[int, str]:
+    """Run a backtest with stderr on a pseudo-terminal (as a person sees it); its output."""
+    import pty
+
+    readings(meters=2, days=2).to_csv(tmp_path / "in.csv", index=False)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDSTREAM_")}
+    primary, secondary = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [*GRIDSTREAM, "backtest", "--input", "in.csv", "--output", "out.csv", *extra],
+            env={**env, "COLUMNS": "120"}, stdout=subprocess.DEVNULL, stderr=secondary,
+            timeout=240, cwd=tmp_path,
+        )
+        os.close(secondary)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: the terminal's other end is closed and drained
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(primary)
+    return proc.returncode, b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_shows_on_a_terminal_and_not_with_quiet_or_in_a_pipe(tmp_path: Path) -> None:
+    code, shown = _backtest_on_a_terminal(tmp_path)
+    assert code == 0 and "backtest" in shown and "reading in.csv" in shown
+    code, shown = _backtest_on_a_terminal(tmp_path, "--quiet")
+    assert code == 0 and shown.strip() == ""
+    piped = _run(tmp_path, "--input", "in.csv", "--output", "out.csv")  # stderr is a pipe
+    assert piped.returncode == 0 and piped.stderr.strip() == ""

@@ -144,6 +144,7 @@ def test_bench_runs_the_harness_as_its_own_module_and_returns_its_status() -> No
 
     cmd = bench_command(quick=True, json_path="out.json")
     assert cmd == [sys.executable, "-m", "benchmarks.harness", "--quick", "--json", "out.json"]
+    assert bench_command(True, None, quiet=True)[-1] == "--quiet"
     assert bench_command(quick=False, json_path=None)[1:] == ["-m", "benchmarks.harness"]
     usage = subprocess.run(
         [*cmd[:3], "--help"], capture_output=True, text=True, timeout=60, check=False
