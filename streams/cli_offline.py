@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING
 from streams.config import ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
+    from models.params import ProcessorParams
     from schemas.batch import ReadingBatch
+    from streams.tools.backtest import BacktestResult
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -23,9 +25,6 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_backtest(args: argparse.Namespace) -> int:
     from collections import Counter
     from pathlib import Path
-
-    from streams.ops.progress import Progress, wanted
-    from streams.tools.backtest import backtest_frame, read_input, write_output
 
     for flag, value in (("--batch-size", args.batch_size), ("--partitions", args.partitions)):
         if value < 1:
@@ -49,23 +48,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         from streams.tools.report_input import BacktestCollector
 
         collector = BacktestCollector()
-    with Progress(wanted(args.quiet)) as progress:
-        step = progress.task(f"reading {args.input}")
-        frame = read_input(Path(args.input))
-        progress.finish(step)
-        rows = progress.task("backtest", total=len(frame))
-
-        def on_batch(batch: object, res: object) -> None:
-            progress.advance(rows, len(batch))  # type: ignore[arg-type]
-            if collector is not None:
-                collector(batch, res)  # type: ignore[arg-type]
-
-        table, result = backtest_frame(
-            frame, params, args.batch_size, ensemble, on_batch, partitions=args.partitions
-        )
-        step = progress.task(f"writing {args.output}")
-        write_output(table, Path(args.output))
-        progress.finish(step)
+    result = _backtest_with_progress(args, params, ensemble, collector)
     c = result.counters
     dead = Counter(x for x in result.dead_letter if x is not None)
     sev = Counter(ev.severity for ev in result.events)
@@ -90,6 +73,35 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         )
         print(write_report(inp, Path(args.report)).line())
     return 0
+
+
+def _backtest_with_progress(
+    args: argparse.Namespace, params: ProcessorParams, ensemble: object, collector: object
+) -> BacktestResult:
+    """Read, backtest and write the files, each step shown on stderr (``streams.ops.progress``)."""
+    from pathlib import Path
+
+    from streams.ops.progress import Progress, wanted
+    from streams.tools.backtest import backtest_frame, read_input, write_output
+
+    with Progress(wanted(args.quiet)) as progress:
+        step = progress.task(f"reading {args.input}")
+        frame = read_input(Path(args.input))
+        progress.finish(step)
+        rows = progress.task("backtest", total=len(frame))
+
+        def on_batch(batch: object, res: object) -> None:
+            progress.advance(rows, len(batch))  # type: ignore[arg-type]
+            if collector is not None:
+                collector(batch, res)  # type: ignore[arg-type]
+
+        table, result = backtest_frame(
+            frame, params, args.batch_size, ensemble, on_batch, partitions=args.partitions
+        )
+        step = progress.task(f"writing {args.output}")
+        write_output(table, Path(args.output))
+        progress.finish(step)
+    return result
 
 
 def cmd_report(args: argparse.Namespace) -> int:
