@@ -48,6 +48,7 @@ STATE_EVENTS = (
     "replayed",
     "orphaned_temp_files_removed",
     "checkpoints_refused_format",
+    "partition_layout_resets",
 )
 
 
@@ -216,6 +217,9 @@ METRICS: tuple[MetricSpec, ...] = (
                ("severity", "entity_kind")),
     MetricSpec("detectors_fired", Counter, "anomaly_detectors_fired",
                "Detectors that fired in published anomaly events, by detector.", ("detector",)),
+    MetricSpec("key_mismatch", Counter, "input_key_mismatch",
+               "Valid readings whose Kafka key is not their entity id (dead-lettered as "
+               "key_mismatch, or processed with GRIDSTREAM_KAFKA__KEY_CHECK=count)."),
     MetricSpec("suppressed", Counter, "anomalies_suppressed",
                "Anomalies not published because their entity was in cooldown."),
     MetricSpec("drift_events", Counter, "drift_events",
@@ -294,6 +298,7 @@ class GridMetrics:
     anomalies: Counter
     detectors_fired: Counter
     suppressed: Counter
+    key_mismatch: Counter
     drift_events: Counter
     forecast_ape: BatchHistogram
     forecasts_awaiting: Gauge

@@ -314,6 +314,8 @@ class Monitor:
         c = report.counters
         if c.get("dropped_duplicate"):
             m.dropped.labels("duplicate").inc(c["dropped_duplicate"])
+        if c.get("key_mismatch"):
+            m.key_mismatch.inc(c["key_mismatch"])
         if c.get("suppressed_cooldown"):
             m.suppressed.inc(c["suppressed_cooldown"])
         if c.get("drift_events"):

@@ -137,6 +137,7 @@ class _Work:
     rejections: list[Rejection]  # decoder's (live records only) + core's, by batch index
     topics_of_records: list[str]
     stage_s: dict[str, float]
+    key_mismatch: int = 0
 
 
 class BatchStep:
@@ -190,6 +191,8 @@ class BatchStep:
             time.perf_counter() - started, work.stage_s, published_ms,
         )
         report = record_batch(self.stats, self.topics, finished)
+        if work.key_mismatch:  # the step's own count, beside the core's
+            report.counters = Counter({**report.counters, "key_mismatch": work.key_mismatch})
         report.state_events = engine.state_events()
         report.forecast_apes = work.out.apes
         report.forecasts_awaiting = self.tasks.forecasts_awaiting
@@ -221,8 +224,9 @@ class BatchStep:
     def _decode(
         self, batch: Consumed, plain: list[bytes | None], framing: dict[int, Rejection],
         now_ms: int,
-    ) -> tuple[ReadingBatch, list[Rejection]]:
-        """The batch's valid readings, and a rejection for each record that is not one."""
+    ) -> tuple[ReadingBatch, list[Rejection], int]:
+        """The batch's valid readings, a rejection for each record that is not one, and how many
+        readings were keyed by another id than their entity's."""
         p = self.processing
         decoded = decode_batch(
             plain,
@@ -241,7 +245,7 @@ class BatchStep:
             else:
                 log.warning("%d readings keyed by another id, e.g. %s", len(wrong_keys),
                             wrong_keys[0].error)
-        return readings, rejections
+        return readings, rejections, len(wrong_keys)
 
     def _process(
         self,
@@ -254,7 +258,7 @@ class BatchStep:
         t_decode = time.perf_counter()
         route = Routing(batch.topics, batch.partitions, batch.offsets, engine.replay_until())
         engine.begin(route)
-        readings, rejections = self._decode(batch, plain, framing, now_ms)
+        readings, rejections, mismatched = self._decode(batch, plain, framing, now_ms)
         t_process = time.perf_counter()
         replay = route.replay
         out = self.tasks.process(
@@ -278,7 +282,7 @@ class BatchStep:
             log.debug("dropped %d exact duplicates", out.result.counters["dropped_duplicate"])
         stage_s = {"decode": t_process - t_decode, "process": time.perf_counter() - t_process}
         # both rejection lists index the consumed batch
-        return _Work(route, out, rejections + out.result.rejections, topics, stage_s)
+        return _Work(route, out, rejections + out.result.rejections, topics, stage_s, mismatched)
 
 
 class Routing:

@@ -137,9 +137,12 @@ class Unframer:
         contract = self.contracts[topic]
         try:
             return self._decoder(schema_id, schema, contract)(raw, topic)
-        except (SerializationError, ValueError, TypeError, EOFError, IndexError) as exc:
+        except httpx2.HTTPError as exc:  # a deserializer fetching a referenced schema
+            raise RegistryUnavailable(f"Schema Registry unreachable: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - a poison record must never stop the loop
+            kind = "" if isinstance(exc, SerializationError) else f"{type(exc).__name__}: "
             return Rejection(0, "schema_decode_failed",
-                             f"{schema_type} payload of schema id {schema_id}: {exc}"[:300])
+                             f"{schema_type} payload of schema id {schema_id}: {kind}{exc}"[:300])
 
     def _decoder(self, schema_id: int, schema: Schema, contract: str) -> Callable[..., bytes]:
         key = (schema_id, contract)
