@@ -35,6 +35,7 @@ lint: $(VENV)/.dev
 
 schemas: $(BIN)/gridstream
 	$(BIN)/python -m schemas.generate
+	$(BIN)/python -m schemas.wire
 
 quality: $(BIN)/gridstream
 	$(BIN)/python benchmarks/quality_nab.py

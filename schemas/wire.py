@@ -10,12 +10,16 @@ definitions only fix names and types on the wire:
 - ``ts`` is Avro ``long`` with logical type ``timestamp-millis``, Protobuf ``int64`` epoch ms;
 - Protobuf messages ``gridstream.v1.MeterReading`` and ``gridstream.v1.ScadaReading`` live in one
   file, ``gridstream/v1/readings.proto`` (its text: ``PROTO_TEXT``).
+
+``python -m schemas.wire`` writes them for producers to ``schemas/avro/*.avsc`` and
+``schemas/proto/gridstream/v1/readings.proto``; a test fails if those drift.
 """
 
 from __future__ import annotations
 
 import json
 from functools import cache
+from pathlib import Path
 from typing import Any, Final
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -138,3 +142,32 @@ def proto_fields(msg: Message) -> dict[str, object]:
 
 
 AVRO_SCHEMAS: Final = {"meter": METER_AVRO, "scada": SCADA_AVRO}
+
+
+WIRE_DIR: Final = Path(__file__).resolve().parent
+
+
+def files() -> dict[str, str]:
+    """The files producers use, path relative to ``schemas/`` -> content."""
+    pretty = {name: json.dumps(json.loads(text), indent=2) + "\n" for name, text in
+              (("meter_reading", METER_AVRO), ("scada_reading", SCADA_AVRO))}
+    return {
+        "avro/meter_reading.avsc": pretty["meter_reading"],
+        "avro/scada_reading.avsc": pretty["scada_reading"],
+        f"proto/{PROTO_FILE}": PROTO_TEXT,
+    }
+
+
+def differences(directory: Path = WIRE_DIR) -> list[str]:
+    """Wire files that are missing or differ from the definitions here."""
+    return [
+        rel for rel, text in files().items()
+        if not (directory / rel).is_file() or (directory / rel).read_text() != text
+    ]
+
+
+if __name__ == "__main__":  # python -m schemas.wire: write the Avro and Protobuf files
+    for rel, text in files().items():
+        (WIRE_DIR / rel).parent.mkdir(parents=True, exist_ok=True)
+        (WIRE_DIR / rel).write_text(text)
+        print(f"wrote schemas/{rel}")

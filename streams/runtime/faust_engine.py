@@ -51,7 +51,7 @@ from streams.ops.report import BatchReport
 from streams.runtime.batch import BatchStep, Consumed, Routing, RunStats
 from streams.runtime.delivery import Delivery, TopicRecords, WaitOnly
 from streams.runtime.failpoints import Failpoints
-from streams.runtime.registry import Unframer
+from streams.runtime.registry import Unframer, output_frames
 from streams.runtime.runner import as_task_set, ensure_topics
 from streams.state.tasks import TaskId, TaskSet
 
@@ -182,6 +182,9 @@ class FaustEngine:
             ) from exc
         if self.settings.kafka.create_topics:
             ensure_topics(self.settings)
+        self.step.delivery.frames = output_frames(
+            self.settings.schema_registry, self.settings.topics
+        )
         self._topics = TopicSink(
             Producer(
                 {
