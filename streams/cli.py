@@ -47,6 +47,9 @@ def _secrets(settings: Settings) -> list[str]:
         values.append(settings.kafka.sasl_password.get_secret_value())
     if settings.clickhouse.backend == "server":
         values.append(settings.clickhouse.secret())
+    if settings.schema_registry.basic_auth_user_info is not None:
+        user_info = settings.schema_registry.basic_auth_user_info.get_secret_value()
+        values += [user_info, user_info.partition(":")[2]]
     return [v for v in values if v]
 
 
