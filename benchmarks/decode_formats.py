@@ -83,16 +83,21 @@ def decode_us(values: list[bytes], unframer: Unframer, repeats: int) -> float:
     return best / len(values) * 1e6
 
 
+def measure(n: int = 20_000, repeats: int = 5) -> dict[str, float]:
+    """µs per reading by format: json, json_schema, avro, protobuf."""
+    client = MockSchemaRegistryClient({"url": "mock://bench"})
+    unframer = Unframer(SchemaRegistrySettings(url="mock://bench"), {TOPIC: "meter"}, client)
+    values = encoded(readings(n), client)
+    return {fmt: round(decode_us(v, unframer, repeats), 3) for fmt, v in values.items()}
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--readings", type=int, default=20_000, help="readings per format")
     parser.add_argument("--repeats", type=int, default=5, help="passes; the best is reported")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
-    client = MockSchemaRegistryClient({"url": "mock://bench"})
-    unframer = Unframer(SchemaRegistrySettings(url="mock://bench"), {TOPIC: "meter"}, client)
-    values = encoded(readings(args.readings), client)
-    figures = {fmt: round(decode_us(v, unframer, args.repeats), 3) for fmt, v in values.items()}
+    figures = measure(args.readings, args.repeats)
     for fmt, us in figures.items():
         print(f"{fmt:12s} {us:7.2f} µs/reading  ({us / figures['json']:.1f}x plain JSON)")
     if args.json:

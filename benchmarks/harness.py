@@ -29,7 +29,7 @@ from pathlib import Path
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from benchmarks import latency, memory, scaling
+from benchmarks import decode_formats, latency, memory, scaling
 from benchmarks.stages import STAGES, stage_loop
 from models.processor import GridProcessor
 from schemas.decode import decode_batch
@@ -232,6 +232,8 @@ def _summary(report: dict[str, object]) -> list[tuple[str, str]]:
                          "the ceiling)"),
         ("core_rps", f"{report['core_rps']:,}"),
         ("stages µs/reading", ", ".join(f"{k} {v}" for k, v in report["stages_us"].items())),  # type: ignore[attr-defined]
+        ("decode µs/reading", ", ".join(
+            f"{k} {v}" for k, v in report["decode_us_per_reading"].items())),  # type: ignore[attr-defined]
         ("p99_latency_ms", f"{report['p99_latency_ms']} (10k/s, chDB)"),
     ]
     for name, block in (("chdb", lat), ("kafka_only", kafka)):
@@ -299,6 +301,7 @@ def run(quick: bool = False, json_path: Path | None = None, progress: Progress |
             c = core(values)
         report["core_rps"] = round(c["rps"])
         report["stages_us"] = stages_us(values, tmp / "chdb")
+        report["decode_us_per_reading"] = decode_formats.measure(5_000 if quick else 20_000)
         seconds, burst = (3.0, 10_000) if quick else (10.0, 30_000)
         phase("latency")
         lat = {

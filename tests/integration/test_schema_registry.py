@@ -225,3 +225,27 @@ def test_the_shortcuts_read_what_confluent_kafkas_deserializers_read(
         (plain,), rejected = unframer.unframe([framed], ["t"])
         assert rejected == {}
         assert orjson.loads(plain) == orjson.loads(orjson.dumps(reader(framed, ctx)))
+
+
+def test_output_subjects_are_registered_or_looked_up_with_the_configured_compatibility(
+    registry: SchemaRegistryServer,
+) -> None:
+    from streams.config import ConfigError, TopicSettings
+    from streams.runtime.registry import output_frames
+
+    topics = TopicSettings(forecasts="fc", anomalies="an")
+    lookup_only = SchemaRegistrySettings(url=registry.url, output_format="json_schema",
+                                         auto_register=False)
+    with pytest.raises(ConfigError, match="subject fc-value"):
+        output_frames(lookup_only, topics)  # a managed registry without our subjects
+    register = SchemaRegistrySettings(url=registry.url, output_format="json_schema",
+                                      compatibility="FULL")
+    frames = output_frames(register, topics)
+    client = SchemaRegistryClient({"url": registry.url})
+    assert client.get_compatibility("fc-value") == "FULL"
+    for topic, frame in frames.items():
+        latest = client.get_latest_version(f"{topic}-value")
+        assert frame == b"\x00" + latest.schema_id.to_bytes(4, "big")
+        assert latest.schema.schema_type == "JSON"
+    assert output_frames(lookup_only, topics) == frames  # registered now: found by lookup
+    assert output_frames(SchemaRegistrySettings(), topics) == {}  # plain JSON: no registry
