@@ -125,9 +125,10 @@ class Unframer:
             if exc.http_status_code == 404:
                 return Rejection(0, "unknown_schema_id",
                                  f"schema id {schema_id} is not in the registry")
-            if exc.http_status_code >= 500:
-                raise RegistryUnavailable(f"Schema Registry: {exc}") from exc
-            return Rejection(0, "schema_decode_failed", f"schema id {schema_id}: {exc}"[:300])
+            # 401/403 (credentials), 429, 5xx: the registry's state, not the record's fault;
+            # dead-lettering every framed record on a credential rotation would lose them all
+            raise RegistryUnavailable(f"Schema Registry answered for schema id {schema_id}: "
+                                      f"{exc}") from exc
         except httpx2.HTTPError as exc:
             raise RegistryUnavailable(f"Schema Registry unreachable: {exc}") from exc
         schema_type = schema.schema_type or "AVRO"
