@@ -15,11 +15,11 @@ from confluent_kafka import Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient, topic_record_subject_name_strategy
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.schema_registry.json_schema import JSONDeserializer, JSONSerializer
-from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
+from confluent_kafka.schema_registry.protobuf import ProtobufDeserializer, ProtobufSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from schemas.generate import JSON_DIR
-from schemas.wire import METER_AVRO, proto_classes
+from schemas.wire import METER_AVRO, proto_classes, proto_fields
 from streams.config import Settings
 from streams.config_kafka import SchemaRegistrySettings
 from streams.runtime.registry import RegistryUnavailable, Unframer
@@ -208,6 +208,18 @@ def test_the_endpoint_checks_compatibility_as_the_registry_does(
     assert client.get_latest_version("s-value").version == 2
 
 
+def _as_reading(value: bytes) -> tuple:
+    """What the contract makes of a value: (entity, ts ms, kw, voltage), or its rejection."""
+    from schemas.decode import decode_batch
+
+    out = decode_batch([value], ["meter"], now_ms=1_700_000_100_000, max_age_ms=10**12,
+                       max_future_ms=10**6)
+    if out.rejections:
+        return (out.rejections[0].error_class,)
+    r = out.readings
+    return (r.entity[0], int(r.ts_ms[0]), float(r.value[0]), repr(float(r.voltage[0])))
+
+
 def test_the_shortcuts_read_what_confluent_kafkas_deserializers_read(
     registry: SchemaRegistryServer,
 ) -> None:
@@ -219,12 +231,23 @@ def test_the_shortcuts_read_what_confluent_kafkas_deserializers_read(
     readers = {
         "avro": AvroDeserializer(client),
         "json": JSONDeserializer(None, schema_registry_client=client),
+        "proto": ProtobufDeserializer(proto_classes()["meter"], {"use.deprecated.format": False}),
     }
     for fmt, reader in readers.items():
         framed = _framed(registry.url, "t", fmt)
         (plain,), rejected = unframer.unframe([framed], ["t"])
         assert rejected == {}
-        assert orjson.loads(plain) == orjson.loads(orjson.dumps(reader(framed, ctx)))
+        read = reader(framed, ctx)
+        expected = proto_fields(read) if fmt == "proto" else read
+        assert _as_reading(plain) == _as_reading(orjson.dumps(expected))  # type: ignore[arg-type]
+    # a Protobuf record of the second message of a file (indexes [1]) parses the same way
+    scada = proto_classes()["scada"](asset_id="tx-1", asset_kind="feeder", ts=1, p_mw=0.5)
+    ser = ProtobufSerializer(proto_classes()["scada"], client, {"use.deprecated.format": False})
+    framed = ser(scada, SerializationContext("s", MessageField.VALUE))
+    two = Unframer(SchemaRegistrySettings(url=registry.url), {"s": "scada"})
+    (plain,), _ = two.unframe([framed], ["s"])
+    assert orjson.loads(plain) == {"asset_id": "tx-1", "asset_kind": "feeder", "ts": 1,
+                                   "p_mw": 0.5}
 
 
 def test_output_subjects_are_registered_or_looked_up_with_the_configured_compatibility(
@@ -249,3 +272,32 @@ def test_output_subjects_are_registered_or_looked_up_with_the_configured_compati
         assert latest.schema.schema_type == "JSON"
     assert output_frames(lookup_only, topics) == frames  # registered now: found by lookup
     assert output_frames(SchemaRegistrySettings(), topics) == {}  # plain JSON: no registry
+
+
+@pytest.mark.parametrize(
+    ("logical", "ts", "want"),
+    [
+        ("timestamp-millis", 1_700_000_000_123, 1_700_000_000_123),
+        ("timestamp-micros", 1_700_000_000_123_456, 1_700_000_000_123),
+    ],
+)
+def test_an_avro_writer_schema_of_its_own_is_read_by_its_logical_types(
+    registry: SchemaRegistryServer, logical: str, ts: int, want: int
+) -> None:
+    """A producer's own schema (another namespace, micros, an extra field) reads correctly."""
+    schema = orjson.dumps({
+        "type": "record", "name": "Reading", "namespace": "utility.ami",
+        "fields": [
+            {"name": "meter_id", "type": "string"},
+            {"name": "ts", "type": {"type": "long", "logicalType": logical}},
+            {"name": "kw", "type": "double"},
+            {"name": "firmware", "type": "string"},
+        ],
+    }).decode()
+    ser = AvroSerializer(SchemaRegistryClient({"url": registry.url}), schema)
+    framed = ser({"meter_id": "m-7", "ts": ts, "kw": 3.5, "firmware": "4.2"},
+                 SerializationContext("u", MessageField.VALUE))
+    unframer = Unframer(SchemaRegistrySettings(url=registry.url), {"u": "meter"})
+    (plain,), rejected = unframer.unframe([framed], ["u"])
+    assert rejected == {}
+    assert _as_reading(plain)[:3] == ("m-7", want, 3.5)  # type: ignore[arg-type]
