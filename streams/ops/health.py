@@ -104,6 +104,7 @@ class Health:
         self._kafka_fatal = False
         self._clickhouse = "unknown" if clickhouse_enabled else "disabled"
         self._failing: dict[str, str] = {}  # sink -> last error, while it is being retried
+        self._inputs_failing: dict[str, str] = {}  # e.g. the Schema Registry, while input waits
         self._model_error: str | None = None
         self._pending = False
         self._lag: int | None = None
@@ -167,6 +168,14 @@ class Health:
             if sink == "clickhouse" and self._clickhouse != "disabled":
                 self._clickhouse = "failing"
 
+    def input_status(self, source: str, error: str | None) -> None:
+        """A service the input depends on (the Schema Registry) failing, or well again."""
+        with self._lock:
+            if error is None:
+                self._inputs_failing.pop(source, None)
+            else:
+                self._inputs_failing[source] = error
+
     def assigned(self, partitions: int) -> None:
         with self._lock:
             self._assigned = partitions
@@ -207,6 +216,8 @@ class Health:
                 degraded.append(f"model store: {self._model_error}; the previous set serves")
             for sink, error in sorted(self._failing.items()):
                 degraded.append(f"{sink} output failing, retrying: {error}")
+            for source, error in sorted(self._inputs_failing.items()):
+                degraded.append(f"{source} failing, input held and retried: {error}")
             idle = now - self._progress
             if self._loop == "running" and self._pending and idle > self.stall_after_s:
                 degraded.append(

@@ -66,6 +66,7 @@ class RunnerMonitor(Protocol):
     def output(self, sink: str, rows: int, duration_s: float, error: SinkError | None) -> None: ...
     def batch_done(self, report: BatchReport, consumer: Consumer) -> None: ...
     def models_status(self, error: str | None) -> None: ...
+    def input_status(self, source: str, error: str | None) -> None: ...
 
 
 class NullMonitor:
@@ -99,6 +100,9 @@ class NullMonitor:
         pass
 
     def models_status(self, error: str | None) -> None:
+        pass
+
+    def input_status(self, source: str, error: str | None) -> None:
         pass
 
 
@@ -277,6 +281,9 @@ class Monitor:
     def models_status(self, error: str | None) -> None:
         self.metrics.model_store_failing.set(0 if error is None else 1)
         self.health.models_status(error)
+
+    def input_status(self, source: str, error: str | None) -> None:
+        self.health.input_status(source, error)
 
     def _count_state(self, totals: dict[str, int]) -> None:
         """State events arrive as running totals; the counters advance by the difference."""

@@ -203,14 +203,19 @@ class BatchStep:
     ) -> tuple[list[bytes | None], dict[int, Rejection]]:
         """Unframe registry records; while the registry is unreachable, hold input and retry."""
         backoff, held = 0.5, False
+        monitor = self.delivery.monitor
         try:
             while True:
                 try:
-                    return self.unframer.unframe(batch.values, batch.topics)
+                    unframed = self.unframer.unframe(batch.values, batch.topics)
+                    if held:
+                        monitor.input_status("schema_registry", None)
+                    return unframed
                 except RegistryUnavailable as exc:
                     if stop.is_set():
                         raise
                     self.stats.counters["schema_registry_retries"] += 1
+                    monitor.input_status("schema_registry", str(exc)[:300])
                     log.warning("retrying in %.1f s: %s", backoff, exc)
                     if not held:
                         engine.pause.hold()

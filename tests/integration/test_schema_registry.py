@@ -26,7 +26,7 @@ from streams.runtime.registry import RegistryUnavailable, Unframer
 from streams.runtime.runner import StreamRunner, ensure_topics
 from tests.integration.conftest import RunnerThread, make_settings, wait_until
 from tests.integration.helpers import headers, read_all
-from tests.schemaregistry import SchemaRegistryServer
+from tests.schemaregistry import RegistryStore, SchemaRegistryServer
 
 pytestmark = pytest.mark.integration
 
@@ -301,3 +301,34 @@ def test_an_avro_writer_schema_of_its_own_is_read_by_its_logical_types(
     (plain,), rejected = unframer.unframe([framed], ["u"])
     assert rejected == {}
     assert _as_reading(plain)[:3] == ("m-7", want, 3.5)  # type: ignore[arg-type]
+
+
+def test_while_the_registry_is_down_input_waits_health_says_why_and_nothing_is_dead_lettered(
+    bootstrap: str, unique: str, chdb_path: Path
+) -> None:
+    from streams.ops.monitor import Monitor
+
+    store = RegistryStore()
+    with SchemaRegistryServer(store) as first:  # the producers' registry, then it goes down
+        url, port = first.url, int(first.url.rsplit(":", 1)[1])
+        settings = _settings(bootstrap, unique, chdb_path, url=url)
+        ensure_topics(settings)
+        sent = _produce_framed(bootstrap, url, settings.topics.meter, int(time.time() * 1000))
+    monitor = Monitor(clickhouse_enabled=False)
+    runner = StreamRunner(settings, monitor=monitor)
+    with RunnerThread(runner) as running:
+        wait_until(
+            "health to name the registry",
+            lambda: any("schema_registry failing" in r for r in monitor.health.evaluate().reasons),
+            check=running.check,
+        )
+        assert runner.stats.counters["consumed"] == 0
+        with SchemaRegistryServer(store, port=port):  # back, same schemas, same address
+            wait_until(
+                "every reading consumed",
+                lambda: runner.stats.counters["consumed"] >= sum(sent.values()),
+                check=running.check,
+            )
+            assert not any("schema_registry" in r for r in monitor.health.evaluate().reasons)
+    assert runner.stats.counters["dead_letters"] == 0
+    assert runner.stats.counters["schema_registry_retries"] >= 1

@@ -41,10 +41,11 @@ Route = tuple[str, re.Pattern[str], Callable[..., Any]]
 class SchemaRegistryServer:
     """``with SchemaRegistryServer() as sr: sr.url`` -- a registry on a free loopback port."""
 
-    def __init__(self, store: RegistryStore | None = None) -> None:
+    def __init__(self, store: RegistryStore | None = None, port: int = 0) -> None:
+        """``store`` and ``port`` given, a restarted registry keeps its schemas and address."""
         self.store = store or RegistryStore()
         self.requests: list[tuple[str, str]] = []  # (method, path) as received
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._http = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
         self.routes: list[Route] = [
             ("POST", re.compile(r"/subjects/([^/]+)/versions"), self._register),
