@@ -14,6 +14,7 @@ ONLINE_DETECTORS: tuple[str, ...] = (
     "level",
     "novelty",
 )
+RELATIVE_MODES: tuple[str, ...] = ("none", "departure", "residual", "both")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,10 @@ class ProcessorParams:
     forecast_min: int = 3  # readings an entity needs before it gets forecasts
     cusum_k: float = 2.0  # CUSUM slack, in seasonal scales: weather and weekdays stay below
     cusum_h: float = 10.0  # CUSUM sums restart above 3x this, so a new change can show
+    # entities whose range stays >= 0 measure these in relative (log) terms (models.relative):
+    # "departure" (from the time-of-day profile), "residual" (one step), "both" or "none"
+    relative: str = "departure"
+    relative_eps: float = 0.05  # share of the range's top added before the log, so 0 stays finite
     stuck_max_repeat_rate: float = 0.05  # entities repeating more often than this never stick
     lik_min: int = 150  # readings behind the long-run statistics before tail scores count
     lik_short_rate: float = 0.2  # EWMA weight of the recent mean error / value (about 9 readings)
@@ -108,6 +113,8 @@ class ProcessorParams:
             rate = getattr(self, name)
             if not 0.0 < rate <= 1.0:
                 raise ValueError(f"{name} must be in (0, 1], got {rate}")
+        if self.relative not in RELATIVE_MODES:
+            raise ValueError(f"relative must be one of {RELATIVE_MODES}, got {self.relative!r}")
         if not 0.0 < self.incident_discount < 1.0:
             raise ValueError(f"incident_discount must be in (0, 1), got {self.incident_discount}")
         if not 0.0 <= self.emit_threshold <= 1.0:
