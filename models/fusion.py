@@ -14,10 +14,11 @@ tails are right; ``benchmarks/quality_*`` measure how right they are.
 
 Incidents: a reading whose score reaches the emit threshold opens an incident, which lasts while
 such readings come less than ``cooldown_s`` apart. Within it, only a reading of a higher severity
-than any before is news: it is published and keeps its score. The others are shown at their
-score times ``incident_discount`` (below the emit threshold, their ranking kept), so the score
-stream and the event stream say the same thing: one incident, one high-scoring moment per
-severity step.
+than any before is news: it is published and keeps its score. Every other reading of an open
+incident, above the threshold or below it (the echo of the change in averages and sums), is
+shown at its score times ``incident_discount`` (below the emit threshold, the ranking kept), so
+the score stream and the event stream say the same thing: one incident, one high-scoring moment
+per severity step.
 
 >>> import numpy as np
 >>> from models.params import ProcessorParams
@@ -78,8 +79,9 @@ def incidents(
     since = ts - np.where(last_ts == NO_TS, ts, last_ts)
     ongoing = (last_ts != NO_TS) & (since < p.cooldown_s * 1000)
     news = over & ~(ongoing & (rank <= last_rank))
-    shown = np.where(over & ~news, score * p.incident_discount, score)
-    shown_rank = np.where(over & ~news, severity_rank(shown, p), rank)
+    echo = (over | ongoing) & ~news  # no news: at the threshold, or anything while one is open
+    shown = np.where(echo, score * p.incident_discount, score)
+    shown_rank = np.where(echo, severity_rank(shown, p), rank)
     c["last_event_ts"][s[over]] = ts[over]
     c["last_event_rank"][s[over]] = np.where(
         ongoing[over], np.maximum(rank[over], last_rank[over]), rank[over]
