@@ -54,8 +54,10 @@ CANDIDATES: dict[str, list[str]] = {
     "absolute-departures": ["relative=none"],
     "relative-residuals-too": ["relative=both"],
     "range-fades-slower": ["nov_in_rate=0.0002"],
+    "range-follows-faster": ["nov_out_rate=0.1"],
     "wider-tail": ["tail_quantile=0.95"],
     "longer-incidents": ["cooldown_s=21600"],
+    "every-score-shown": ["news_margin=-1"],
     "no-residual": [_without("residual")],
     "no-stuck": [_without("stuck")],
 }

@@ -50,7 +50,7 @@ class ProcessorParams:
     lvl_short_rate: float = 0.2  # EWMA weight of the recent mean value for the level detector
     lvl_long_rate: float = 0.0005  # EWMA weight of its long-run mean and variance
     lvl_min: int = 300  # readings behind the level detector's long-run statistics before it scores
-    nov_out_rate: float = 0.1  # how far a reading outside the range pulls the bound out
+    nov_out_rate: float = 0.02  # how far a reading outside the range pulls the bound out
     nov_in_rate: float = 0.002  # how fast the range's bounds creep towards its middle
     weekly_min_weeks: int = 2  # weeks of departures before the level detector adjusts by weekday
     weekly_rate: float = 0.3  # weight of the newest week in an hour-of-week bucket
@@ -82,6 +82,9 @@ class ProcessorParams:
     drift_delta: float = 0.002  # ADWIN confidence of the fleet residual-drift detector
     drift_sample_every: int = 1  # feed it one warm reading in N (a hash sample) on large fleets
     cooldown_s: int = 3600  # an incident lasts while high scores come less than this apart
+    # a reading outside an event is shown in full only when its score beats the entity's highest
+    # within cooldown_s by this much; otherwise it is the echo of what was shown (negative: off)
+    news_margin: float = 0.05
     incident_discount: float = (
         0.3  # a high score that is no news within an incident is shown x this
     )

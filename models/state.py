@@ -50,6 +50,8 @@ _SCALARS: dict[str, tuple[type, float]] = {
     "nov_hi": (np.float64, np.nan),
     "week_start": (np.int64, NO_TS),  # first reading whose departure the weekly profile learned
     "last_event_ts": (np.int64, NO_TS),
+    "peak_score": (np.float64, 0.0),
+    "peak_ts": (np.int64, NO_TS),
     "last_event_rank": (np.int64, -1),  # severity rank of the last event published
 }
 CHANNEL_NAMES: tuple[str, ...] = ("reactive", "voltage", "current", "frequency", "temperature")

@@ -55,7 +55,12 @@ def test_the_echo_of_an_incident_is_shown_discounted() -> None:
     from models.state import NO_TS
 
     p = ProcessorParams()
-    c = {"last_event_ts": np.array([NO_TS]), "last_event_rank": np.array([-1])}
+    c = {
+        "last_event_ts": np.array([NO_TS]),
+        "last_event_rank": np.array([-1]),
+        "peak_score": np.array([0.0]),
+        "peak_ts": np.array([NO_TS]),
+    }
     s, warm = np.array([0]), np.array([True])
     step = 900_000
     shown = []
@@ -73,3 +78,30 @@ def test_the_echo_of_an_incident_is_shown_discounted() -> None:
     ]
     late = fusion.incidents(c, s, np.array([10**9]), np.array([0.3]), warm, p)[0]
     assert late[0] == 0.3  # after the cooldown, scores are shown as they are
+
+
+def test_between_incidents_only_a_new_high_is_shown_in_full() -> None:
+    """A run of similar sub-threshold scores shows as one moment; a clearly higher one shows,
+    and crossing the threshold is an event whatever came before."""
+    from models import fusion
+    from models.state import NO_TS
+
+    p = ProcessorParams()
+    c = {
+        "last_event_ts": np.array([NO_TS]),
+        "last_event_rank": np.array([-1]),
+        "peak_score": np.array([0.0]),
+        "peak_ts": np.array([NO_TS]),
+    }
+    s, warm, d = np.array([0]), np.array([True]), p.incident_discount
+    out = []
+    for i, score in enumerate([0.30, 0.32, 0.40, 0.41, 0.52]):
+        shown, _, news = fusion.incidents(c, s, np.array([i * 900_000]), np.array([score]), warm, p)
+        out.append((round(float(shown[0]), 3), bool(news[0])))
+    assert out == [
+        (0.30, False),
+        (round(0.32 * d, 3), False),  # within news_margin of the high: its echo
+        (0.40, False),  # a new high by more than the margin
+        (round(0.41 * d, 3), False),
+        (0.52, True),  # the threshold crossed: an event, shown in full
+    ]
