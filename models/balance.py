@@ -24,17 +24,19 @@ Pure numpy over all children at once per closed interval; no I/O, no clock.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from models import tails
-from models.balance_events import BalanceRows, events_for, rows_of
+from models.balance_events import events_for, rows_of
 from models.balance_state import SUB, TOD, Table, child_columns, parent_columns
 from models.balance_state import dumps as _dumps
 from models.balance_state import loads as _loads
 from models.params import ProcessorParams
 from models.topology import Topology
+from schemas.balance import BalanceRows
 from schemas.batch import AnomalyRecord
 
 
@@ -73,9 +75,17 @@ class BalanceOutput:
 class BalanceCore:
     """Children's and parents' readings in, balance rows and ``balance`` events out."""
 
-    def __init__(self, params: BalanceParams | None = None, topology: Topology | None = None):
+    def __init__(
+        self,
+        params: BalanceParams | None = None,
+        topology: Topology | None = None,
+        owns: Callable[[str], bool] | None = None,
+    ) -> None:
+        """``owns(parent)`` says which parents this core balances (those of its partition in a
+        live run); children of other parents are left to their own core."""
         self.params = p = params or BalanceParams()
         self.topology = topology or Topology()
+        self.owns = owns
         self.interval_ms = p.interval_s * 1000
         self.slots = -(-p.lateness_s // p.interval_s) + 2
         self.children = Table(child_columns(self.slots))
@@ -84,6 +94,7 @@ class BalanceCore:
         self.watermark_iv = -1  # intervals below this are closed
         self.newest_ms = -1
         self._mapped = (-1, -1)  # (topology version, interval) of the current mapping
+        self.extra: dict[str, int] = {}
 
     # -- input ------------------------------------------------------------------------------
     def add(self, ids: np.ndarray, kinds: np.ndarray, ts_ms: np.ndarray, kw: np.ndarray) -> int:
@@ -113,6 +124,27 @@ class BalanceCore:
         if len(ts_ms):
             self.newest_ms = max(self.newest_ms, int(ts_ms.max()))
         return late
+
+    def process(
+        self, ids: np.ndarray, kinds: np.ndarray, ts_ms: np.ndarray, kw: np.ndarray
+    ) -> BalanceOutput:
+        """Readings in their log order; intervals close exactly where the watermark passes them
+        in that order, so the output does not depend on how the log was cut into batches."""
+        out = BalanceOutput()
+        lateness = self.params.lateness_s * 1000
+        run = np.maximum.accumulate(np.maximum(ts_ms, self.newest_ms)) if len(ts_ms) else ts_ms
+        until = (run - lateness) // self.interval_ms
+        before = (self.newest_ms - lateness) // self.interval_ms if self.newest_ms >= 0 else -1
+        cuts = np.flatnonzero(np.diff(np.concatenate([[before], until])) > 0).tolist()
+        start = 0
+        for end in [*cuts, len(ts_ms) - 1]:
+            sl = slice(start, end + 1)
+            out.late += self.add(ids[sl], kinds[sl], ts_ms[sl], kw[sl])
+            step = self.advance()
+            out.rows += step.rows
+            out.events += step.events
+            start = end + 1
+        return out
 
     def advance(self) -> BalanceOutput:
         """Close every interval the watermark has passed; their rows and events."""
@@ -177,8 +209,11 @@ class BalanceCore:
         changed = any(at * self.interval_ms < t <= t0 for t in self.topology.change_ms)
         if version == self.topology.version and not changed:
             return
-        self.children.rows(self.topology.children("meter"))
+        mine = self.owns or (lambda _: True)
+        everyone = self.topology.children("meter")
+        self.children.rows([m for m in everyone if mine(self.topology.parent_at(m, t0) or "")])
         parents = [self.topology.parent_at(cid, t0) for cid in self.children.ids]
+        parents = [p if p is not None and mine(p) else None for p in parents]
         known = [p for p in parents if p is not None]
         prow = dict(zip(known, self.parents.rows(known).tolist(), strict=True))
         new = np.array([prow[p] if p is not None else -1 for p in parents], dtype=np.int64)
@@ -274,20 +309,26 @@ class BalanceCore:
         c["last"][idx] = kw
 
     # -- snapshot ---------------------------------------------------------------------------
-    def dumps(self) -> bytes:
+    def dumps(self, **extra: int) -> bytes:
+        """The state as ``.npz`` bytes; ``extra`` (e.g. the partition position) rides along."""
         meta = {
             "params": asdict(self.params),
             "watermark_iv": self.watermark_iv,
             "newest_ms": self.newest_ms,
+            "extra": extra,
         }
         return _dumps(meta, self.children, self.parents)
 
     @classmethod
-    def loads(cls, blob: bytes, topology: Topology) -> BalanceCore:
-        """A core from ``dumps`` bytes; the topology is the live table (rebuilt from its topic)."""
+    def loads(
+        cls, blob: bytes, topology: Topology, owns: Callable[[str], bool] | None = None
+    ) -> BalanceCore:
+        """A core from ``dumps`` bytes; the topology is the live table (rebuilt from its topic).
+        ``core.extra`` holds what ``dumps`` was given."""
         probe = cls(None, topology)
         core_meta = _loads(blob, Table(probe.children.spec), Table(probe.parents.spec))
-        core = cls(BalanceParams(**core_meta["params"]), topology)  # type: ignore[arg-type]
+        core = cls(BalanceParams(**core_meta["params"]), topology, owns)  # type: ignore[arg-type]
+        core.extra = dict(core_meta.get("extra") or {})  # type: ignore[call-overload]
         _loads(blob, core.children, core.parents)
         core.watermark_iv = int(core_meta["watermark_iv"])  # type: ignore[arg-type]
         core.newest_ms = int(core_meta["newest_ms"])  # type: ignore[arg-type]

@@ -17,13 +17,13 @@ the children that best explain the gap, in kW:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from models.balance_state import TOD
 from models.fusion import score_of, severity_rank
+from schemas.balance import BalanceRows
 from schemas.batch import AnomalyRecord
 from schemas.outputs import SEVERITIES, stable_id
 
@@ -32,30 +32,6 @@ if TYPE_CHECKING:
 
 DETECTOR = "balance"
 MODEL = "gridstream-balance@1"
-
-
-@dataclass(frozen=True, slots=True)
-class BalanceRows:
-    """Balanced parents of one closed interval (the ``energy_balance`` table), energies in kWh."""
-
-    parent_id: np.ndarray  # str
-    interval_ms: int
-    parent_kwh: np.ndarray
-    children_kwh: np.ndarray  # registered plus estimated
-    estimated_kwh: np.ndarray  # the part estimated for children without a reading
-    expected_loss_kwh: np.ndarray
-    residual_kwh: np.ndarray  # parent - children - expected loss
-    loss_ratio: np.ndarray  # (parent - children) / parent
-    expected_ratio: np.ndarray
-    deviation: np.ndarray  # residual ratio in its own scales
-    log10p: np.ndarray  # of the parent's CUSUM under its calibrated tail
-    children: np.ndarray  # int
-    missing: np.ndarray  # int: children estimated
-    alarm: np.ndarray  # bool
-    suspects: list[str]  # JSON list of the top suspects where alarming, else ""
-
-    def __len__(self) -> int:
-        return len(self.parent_id)
 
 
 def rows_of(core: BalanceCore, i: int, rows: np.ndarray, s: dict, sums: tuple) -> BalanceRows:

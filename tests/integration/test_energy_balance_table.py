@@ -46,3 +46,21 @@ def test_worst_parents_view_ranks_the_alarming_parent_first_and_counts_a_replay_
         ("tx-b", 4, 2, 0.09, '[{"meter": "m-1"}]'),
         ("tx-a", 4, 0, 0.01, ""),
     ]
+
+
+def test_balance_rows_of_the_core_are_written_once_even_when_written_twice(
+    sink: ClickHouseSink, ch_backend: ClickHouseBackend, unique: str
+) -> None:
+    from models.balance import BalanceCore
+    from models.topology import Topology
+    from streams.sim.balance import BalanceSim, BalanceSimConfig, feed
+
+    sim = BalanceSim(BalanceSimConfig(transformers=3, days=1, seed=1, case_share=0.0))
+    topo = Topology()
+    topo.apply(list(enumerate(sim.topology())))
+    core = BalanceCore(topology=topo)
+    rows = [r for i in range(40) for r in feed(core, sim.interval(i)).rows]
+    sink.write_balance(rows, 1)
+    sink.write_balance(rows, 2)  # a replay after a crash: stamped later, same rows
+    n = ch_backend.query(f"SELECT count() FROM `eb_{unique}`.energy_balance FINAL").rows
+    assert n == [(sum(len(r) for r in rows),)]

@@ -137,3 +137,31 @@ def test_a_restored_snapshot_continues_exactly():
         rows += feed(core, sim.interval(i)).rows
     assert [r.residual_kwh.tolist() for r in rows] == [r.residual_kwh.tolist() for r in rows_all]
     assert [r.log10p.tolist() for r in rows] == [r.log10p.tolist() for r in rows_all]
+
+
+def test_the_output_does_not_depend_on_how_the_log_is_cut_into_batches():
+    cfg = BalanceSimConfig(transformers=4, days=2, seed=6, case_share=0.0)
+    sim = BalanceSim(cfg)
+    cols = [[], [], [], []]
+    for i in range(2 * DAY):
+        iv = sim.interval(i)
+        for ids, ts, kw, kind in (
+            (iv.meter_ids, iv.meter_ts, iv.meter_kw, "meter"),
+            (iv.tx_ids, iv.tx_ts, iv.tx_kw, "transformer"),
+        ):
+            cols[0].append(ids)
+            cols[1].append(np.full(len(ids), kind, dtype=object))
+            cols[2].append(ts)
+            cols[3].append(kw)
+    ids, kinds, ts, kw = (np.concatenate(c) for c in cols)
+    outs = []
+    for size in (len(ts), 997, 5000):
+        core = fresh(BalanceSim(cfg))
+        rows = []
+        for a in range(0, len(ts), size):
+            rows += core.process(
+                ids[a : a + size], kinds[a : a + size], ts[a : a + size], kw[a : a + size]
+            ).rows
+        outs.append([(r.interval_ms, r.residual_kwh.tolist()) for r in rows])
+    assert outs[0] == outs[1] == outs[2]
+    assert len(outs[0]) > DAY
