@@ -31,8 +31,16 @@ import numpy as np
 
 from models import tails
 from models.balance_events import events_for, rows_of
-from models.balance_state import SUB, TOD, Table, child_columns, parent_columns
+from models.balance_state import (
+    SUB,
+    TOD,
+    BalanceSnapshotError,
+    Table,
+    child_columns,
+    parent_columns,
+)
 from models.balance_state import dumps as _dumps
+from models.balance_state import fill as _fill
 from models.balance_state import loads as _loads
 from models.params import ProcessorParams
 from models.topology import Topology
@@ -92,7 +100,7 @@ class BalanceCore:
         self.parents = Table(parent_columns(self.slots))
         self.tail_params = ProcessorParams(tail_min=p.tail_min, tail_min_excess=10)
         self.watermark_iv = -1  # intervals below this are closed
-        self.newest_ms = -1
+        self.newest = np.array([-1, -1], dtype=np.int64)  # newest child, parent reading time
         self._mapped = (-1, -1)  # (topology version, interval) of the current mapping
         self.extra: dict[str, int] = {}
 
@@ -121,8 +129,9 @@ class BalanceCore:
             c["kw"][rows[stale], k[stale], :] = np.nan
             c["iv"][rows, k] = iv[parent]
             c["kw"][rows, k, sub] = kw[parent]
-        if len(ts_ms):
-            self.newest_ms = max(self.newest_ms, int(ts_ms.max()))
+        for j, sel in enumerate((meter, parent)):
+            if sel.any():
+                self.newest[j] = max(self.newest[j], int(ts_ms[sel].max()))
         return late
 
     def process(
@@ -131,27 +140,43 @@ class BalanceCore:
         """Readings in their log order; intervals close exactly where the watermark passes them
         in that order, so the output does not depend on how the log was cut into batches."""
         out = BalanceOutput()
-        lateness = self.params.lateness_s * 1000
-        run = np.maximum.accumulate(np.maximum(ts_ms, self.newest_ms)) if len(ts_ms) else ts_ms
-        until = (run - lateness) // self.interval_ms
-        before = (self.newest_ms - lateness) // self.interval_ms if self.newest_ms >= 0 else -1
+        newest = [
+            np.maximum.accumulate(np.where(kinds == kind, ts_ms, -1).clip(self.newest[j]))
+            for j, kind in enumerate(("meter", "transformer"))
+        ]
+        until = self._until(*newest) if len(ts_ms) else ts_ms
+        before = self._until(self.newest[:1], self.newest[1:])[0]
         cuts = np.flatnonzero(np.diff(np.concatenate([[before], until])) > 0).tolist()
         start = 0
-        for end in [*cuts, len(ts_ms) - 1]:
-            sl = slice(start, end + 1)
-            out.late += self.add(ids[sl], kinds[sl], ts_ms[sl], kw[sl])
+        for cut in [*cuts, len(ts_ms)]:
+            # close what the reading at ``cut`` passes before it can overwrite an open slot
+            out.late += self.add(ids[start:cut], kinds[start:cut], ts_ms[start:cut], kw[start:cut])
+            if cut < len(ts_ms):
+                self.newest = np.maximum(self.newest, [newest[0][cut], newest[1][cut]])
             step = self.advance()
             out.rows += step.rows
             out.events += step.events
-            start = end + 1
+            start = cut
         return out
+
+    def _until(self, child_ms: np.ndarray, parent_ms: np.ndarray) -> np.ndarray:
+        """First interval still open for each (newest child, newest parent) reading time.
+
+        The slower of the two sources holds intervals open (a backlog of meters read ahead of
+        SCADA does not make SCADA late), but never by more than the ring holds; -1 before any."""
+        both = np.minimum(child_ms, parent_ms)
+        ahead = np.maximum(child_ms, parent_ms)
+        until = (both - self.params.lateness_s * 1000) // self.interval_ms
+        ring = ahead // self.interval_ms - self.slots + 2  # the newest reading's slot is free
+        until = np.where(both >= 0, np.maximum(until, ring), ring)
+        return np.where(ahead >= 0, until, -1)
 
     def advance(self) -> BalanceOutput:
         """Close every interval the watermark has passed; their rows and events."""
         out = BalanceOutput()
-        if self.newest_ms < 0:
+        until = int(self._until(self.newest[:1], self.newest[1:])[0])
+        if until < 0:
             return out
-        until = (self.newest_ms - self.params.lateness_s * 1000) // self.interval_ms
         if self.watermark_iv < 0:
             self.watermark_iv = until - self.slots + 2
         while self.watermark_iv < until:
@@ -314,7 +339,7 @@ class BalanceCore:
         meta = {
             "params": asdict(self.params),
             "watermark_iv": self.watermark_iv,
-            "newest_ms": self.newest_ms,
+            "newest": self.newest.tolist(),
             "extra": extra,
         }
         return _dumps(meta, self.children, self.parents)
@@ -325,11 +350,14 @@ class BalanceCore:
     ) -> BalanceCore:
         """A core from ``dumps`` bytes; the topology is the live table (rebuilt from its topic).
         ``core.extra`` holds what ``dumps`` was given."""
-        probe = cls(None, topology)
-        core_meta = _loads(blob, Table(probe.children.spec), Table(probe.parents.spec))
-        core = cls(BalanceParams(**core_meta["params"]), topology, owns)  # type: ignore[arg-type]
+        core_meta, arrays = _loads(blob)
+        try:
+            params = BalanceParams(**core_meta["params"])  # type: ignore[arg-type]
+        except TypeError as exc:
+            raise BalanceSnapshotError(f"balance parameters differ: {exc}") from exc
+        core = cls(params, topology, owns)
+        _fill(arrays, core.children, core.parents)
         core.extra = dict(core_meta.get("extra") or {})  # type: ignore[call-overload]
-        _loads(blob, core.children, core.parents)
         core.watermark_iv = int(core_meta["watermark_iv"])  # type: ignore[arg-type]
-        core.newest_ms = int(core_meta["newest_ms"])  # type: ignore[arg-type]
+        core.newest = np.array(core_meta["newest"], dtype=np.int64)
         return core

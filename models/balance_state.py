@@ -122,8 +122,8 @@ def dumps(meta: dict[str, object], children: Table, parents: Table) -> bytes:
     return buf.getvalue()
 
 
-def loads(blob: bytes, children: Table, parents: Table) -> dict[str, object]:
-    """Fill both (empty) tables from ``dumps`` bytes; returns the metadata."""
+def loads(blob: bytes) -> tuple[dict[str, object], dict[str, np.ndarray]]:
+    """The metadata and arrays of ``dumps`` bytes; ``fill`` puts the arrays into tables."""
     try:
         with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
@@ -132,6 +132,10 @@ def loads(blob: bytes, children: Table, parents: Table) -> dict[str, object]:
         raise BalanceSnapshotError(f"not a balance snapshot: {exc}") from exc
     if meta.get("format") != FORMAT:
         raise BalanceSnapshotError(f"balance snapshot format {meta.get('format')!r}, want {FORMAT}")
+    return meta, arrays
+
+
+def fill(arrays: dict[str, np.ndarray], children: Table, parents: Table) -> None:
+    """Fill both (empty) tables from the arrays of ``loads``."""
     children.load("c", arrays)
     parents.load("p", arrays)
-    return meta

@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import orjson
 from numpy.random import Generator, default_rng
 
 from models.balance import BalanceCore, BalanceOutput
@@ -110,7 +111,9 @@ class BalanceSim:
                 "drift": rng.uniform(0.02, 0.06),
                 "loss_rise": rng.uniform(3.0, 5.0),
             }.get(kind, 1.0)
-            other = self.tx_ids[(t + 1 + int(rng.integers(0, c.transformers - 1))) % c.transformers]
+            other = self.tx_ids[
+                (t + 1 + int(rng.integers(0, max(1, c.transformers - 1)))) % c.transformers
+            ]
             cases.append(
                 Case(
                     kind,
@@ -246,3 +249,28 @@ def feed(core: BalanceCore, iv: Interval, copies: int = 1) -> BalanceOutput:
             iv.tx_ids, np.full(len(iv.tx_ids), "transformer", dtype=object), iv.tx_ts, iv.tx_kw
         )
     return core.advance()
+
+
+def encode(iv: Interval) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
+    """(key, value) records of an interval: meter readings and transformer SCADA readings."""
+    meters = [
+        (m.encode(), orjson.dumps({"meter_id": m, "ts": t, "kw": kw}))
+        for m, t, kw in zip(
+            iv.meter_ids.tolist(), iv.meter_ts.tolist(), iv.meter_kw.tolist(), strict=True
+        )
+    ]
+    scada = [
+        (
+            tx.encode(),
+            orjson.dumps(
+                {"asset_id": tx, "asset_kind": "transformer", "ts": t, "p_mw": round(kw / 1e3, 6)}
+            ),
+        )
+        for tx, t, kw in zip(iv.tx_ids.tolist(), iv.tx_ts.tolist(), iv.tx_kw.tolist(), strict=True)
+    ]
+    return meters, scada
+
+
+def encode_topology(links: list[TopologyLink]) -> list[tuple[bytes, bytes]]:
+    """(key = child id, value) records for ``grid.topology``."""
+    return [(lk.child_id.encode(), lk.model_dump_json(exclude_none=True).encode()) for lk in links]
