@@ -121,13 +121,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         service.ensure_schema(settings.clickhouse.migrate)
         _log_start(settings, engine)
+        balance = _start_balance(settings, service.sink, stop)
         with gc_policy():  # after start-up: what it allocated is frozen out of the GC's sight
             stats = service.engine.run(stop)
         log.info("stopped after %d batches: %s", stats.batches, dict(stats.counters))
+        if balance is not None:
+            stop.set()
+            balance.join(60)
     finally:
         if server is not None:
             server.stop()
     return 0
+
+
+def _start_balance(settings: Settings, sink: object, stop: threading.Event) -> object:
+    """With ``balance.enabled``, the energy balance's stages in a thread beside the engine."""
+    if not settings.balance.enabled:
+        return None
+    from streams.runtime.balance_stage import start_in_thread
+
+    return start_in_thread(settings, sink, stop, failpoints_from_env())  # type: ignore[arg-type]
 
 
 def _log_start(settings: Settings, engine: str) -> None:
