@@ -21,8 +21,11 @@ Reported (fractions in 0-1):
 - ``false_alarms_per_1000_tx_days``: events of the clean run per 1,000 transformer-days from day
   4 on (the balance cannot alarm before: two days of warm-up, two of tail).
 
-Tuning: the parameters of ``models.balance.BalanceParams`` were chosen looking at seed 1 and the
-unit tests' seeds 2-5 only. The default (reported) seeds are 101, 102, 103.
+Seeds: the parameters of ``models.balance.BalanceParams`` and the suspect ranking were chosen
+looking at seeds 1-3 (and the unit tests' seeds 2-9) only. Seeds 101-103 were reported once with
+an earlier suspect ranking (kW closest to the gap: top-3 77 %); the ranking was then changed on
+seeds 1-3 (a likelihood ratio per meter), so the headline is on fresh seeds 201-203, the default.
+``cost_us_per_reading`` is the core's time (no simulation, no I/O) per meter or SCADA reading.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from models.topology import Topology
 from schemas.batch import AnomalyRecord
 from streams.sim.balance import BalanceSim, BalanceSimConfig, Case, feed
 
-REPORT_SEEDS = (101, 102, 103)
+REPORT_SEEDS = (201, 202, 203)
 _H = 3_600_000
 _SCORED_FROM_DAY = 4
 
@@ -148,7 +151,7 @@ def summarise(runs: list[dict]) -> dict[str, object]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.quality_balance", description=__doc__)
-    ap.add_argument("--seed", type=int, action="append", help="repeatable; default 101 102 103")
+    ap.add_argument("--seed", type=int, action="append", help="repeatable; default 201 202 203")
     ap.add_argument("--transformers", type=int, default=100)
     ap.add_argument("--days", type=int, default=21)
     ap.add_argument("--json", type=Path, help="write the figures here")

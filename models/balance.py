@@ -276,6 +276,7 @@ class BalanceCore:
         alarm = warm & (logp <= p.alarm_log10p)
         self._learn_parents(rows, load, level, x, gap / level, rho, alarm | (np.abs(z) > 4))
         return {
+            "recent_kw": ew * scale * load,  # the recent mean unexplained kW
             "expected": expected,
             "gap": gap,
             "rho": rho,
@@ -328,6 +329,13 @@ class BalanceCore:
         known = np.isfinite(prof)
         dev = np.where(known, kw - prof, 0.0)
         c["fast_dev"][idx] += np.where(known, p.dev_rate * (dev - c["fast_dev"][idx]), 0.0)
+        spread = c["dev_abs"][idx]
+        fresh = known & ~np.isfinite(spread)
+        c["dev_abs"][idx] = np.where(
+            fresh,
+            np.abs(dev),
+            np.where(known, spread + p.dev_rate / 4 * (np.abs(dev) - spread), spread),
+        )
         c["prof"][idx, tod] = np.where(known, prof + p.profile_rate * (kw - prof), kw)
         lvl = c["level"][idx]
         c["level"][idx] = np.where(np.isfinite(lvl), lvl + p.dev_rate / 28 * (kw - lvl), kw)

@@ -40,8 +40,8 @@ def rows_of(core: BalanceCore, i: int, rows: np.ndarray, s: dict, sums: tuple) -
     h = core.params.interval_s / 3600.0
     ids = np.array([core.parents.ids[r] for r in rows.tolist()], dtype=object)
     suspects = [
-        json.dumps(suspects_of(core, int(r), i, float(g - e), int(sg))[:3]) if a else ""
-        for r, a, g, e, sg in zip(rows, s["alarm"], s["gap"], s["expected"], s["sign"], strict=True)
+        json.dumps(suspects_of(core, int(r), i, float(g), int(sg))[:3]) if a else ""
+        for r, a, g, sg in zip(rows, s["alarm"], s["recent_kw"], s["sign"], strict=True)
     ]
     return BalanceRows(
         parent_id=ids,
@@ -62,10 +62,12 @@ def rows_of(core: BalanceCore, i: int, rows: np.ndarray, s: dict, sums: tuple) -
     )
 
 
-def recent_departure(core: BalanceCore, kids: np.ndarray, since: int, i: int) -> np.ndarray:
+def recent_departure(
+    core: BalanceCore, kids: np.ndarray, since: int, i: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Mean registered kW minus the time-of-day profile over the open-interval ring from
-    ``since`` to ``i``, per child in ``kids`` (the drop or rise that coincides with the onset);
-    the six-hour EWMA where the ring holds none of those intervals."""
+    ``since`` to ``i``, per child in ``kids`` (the drop or rise that coincides with the onset),
+    and how many intervals it averages; the six-hour EWMA (as 24) where the ring holds none."""
     c = core.children.cols
     iv = c["iv"][kids]
     use = (iv >= since) & (iv <= i)
@@ -74,13 +76,17 @@ def recent_departure(core: BalanceCore, kids: np.ndarray, since: int, i: int) ->
     dep = np.where(use, c["kw"][kids] - prof, 0.0)
     n = use.sum(axis=1)
     fallback = c["fast_dev"][kids].astype(np.float64)
-    with np.errstate(invalid="ignore"):
-        return np.where(n > 0, np.nan_to_num(dep).sum(axis=1) / np.maximum(n, 1), fallback)
+    mean = np.where(n > 0, np.nan_to_num(dep).sum(axis=1) / np.maximum(n, 1), fallback)
+    return mean, np.where(n > 0, n, 24)
 
 
 def suspects_of(core: BalanceCore, r: int, i: int, unexplained_kw: float, sign: int) -> list[dict]:
-    """The children of parent row ``r`` that best explain ``unexplained_kw``, best first:
-    ranked by the kW they explain, less half of what they would overshoot it by."""
+    """The children of parent row ``r`` that best explain ``unexplained_kw``, best first.
+
+    A child re-mapped since the onset comes first. The others are ranked by the log-likelihood
+    ratio of "its departure x is the gap g" against "its departure is noise", for a mean of n
+    departures of scale s: ``g (x - g/2) n / s^2``. A quiet meter that dropped by the gap beats
+    a noisy one that happened to dip by more."""
     c, n = core.children.cols, len(core.children)
     since = int(core.parents.cols["onset"][r])
     recent = c["moved_iv"][:n] >= since - 4
@@ -88,9 +94,9 @@ def suspects_of(core: BalanceCore, r: int, i: int, unexplained_kw: float, sign: 
     left = recent & (c["prev_parent"][:n] == r) & ~here
     joined = recent & here & (c["prev_parent"][:n] >= 0)
     level = np.nan_to_num(c["level"][:n].astype(np.float64))
-    dev = np.zeros(n)
+    dev, count = np.zeros(n), np.ones(n)
     kids = np.flatnonzero(here)
-    dev[kids] = recent_departure(core, kids, since, i)
+    dev[kids], count[kids] = recent_departure(core, kids, since, i)
     if sign > 0:
         kw = np.where(left, level, np.where(here & ~joined, np.maximum(-dev, 0.0), 0.0))
         why = np.where(left, "mapped_away", "registration_dropped")
@@ -98,7 +104,9 @@ def suspects_of(core: BalanceCore, r: int, i: int, unexplained_kw: float, sign: 
         kw = np.where(joined, level, np.where(here, np.maximum(dev, 0.0), 0.0))
         why = np.where(joined, "mapped_here", "registration_rose")
     gap = max(abs(unexplained_kw), 1e-9)
-    rank = np.minimum(kw, gap) - 0.5 * np.maximum(kw - gap, 0.0)
+    noise = np.maximum(np.nan_to_num(c["dev_abs"][:n].astype(np.float64)), 0.05 * level + 1e-3)
+    rank = gap * (kw - gap / 2) * count / noise**2
+    rank = np.where(left | joined, np.inf, rank)
     cand = np.flatnonzero((here | left) & (kw > 0))
     top = cand[np.argsort(-rank[cand], kind="stable")][: core.params.suspects]
     return [
@@ -137,7 +145,7 @@ def _event(core, i, j, rows, s, table, score, sev) -> AnomalyRecord:  # noqa: AN
     t_ms = i * core.interval_ms
     pid = core.parents.ids[r]
     since = int(core.parents.cols["since"][r]) * core.interval_ms
-    ranked = suspects_of(core, r, i, float(s["gap"][j] - s["expected"][j]), int(s["sign"][j]))
+    ranked = suspects_of(core, r, i, float(s["recent_kw"][j]), int(s["sign"][j]))
     explanation: list[dict[str, float | str | None]] = [
         {
             "feature": "loss_ratio",

@@ -33,6 +33,7 @@ def child_columns(slots: int) -> dict[str, tuple[tuple[int, ...], str, float]]:
         "prof": ((TOD,), "f4", np.nan),  # time-of-day profile: the missing-reading estimate
         "last": ((), "f4", np.nan),  # last registered kW
         "fast_dev": ((), "f4", 0.0),  # recent departure from the profile, kW (drop < 0)
+        "dev_abs": ((), "f4", np.nan),  # typical |departure| from the profile, kW
         "level": ((), "f4", np.nan),  # slow mean kW
         "parent": ((), "i8", -1),  # parent row at the last closed interval
         "prev_parent": ((), "i8", -1),  # parent before the last re-mapping
