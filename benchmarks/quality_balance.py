@@ -119,6 +119,18 @@ def run_seed(seed: int, transformers: int, days: int) -> dict[str, object]:
     }
 
 
+def cost_per_reading(transformers: int, days: int, seed: int = 0) -> dict[str, float]:
+    """µs of the balance core (placing readings, closing intervals, scoring) per reading, on a
+    clean grid of ``transformers`` (about 19 meters each); for ``gridstream bench``."""
+    cfg = BalanceSimConfig(transformers=transformers, days=days, seed=seed, case_share=0.0)
+    _, _, seconds, readings = simulate(cfg)
+    return {
+        "balance_us_per_reading": round(1e6 * seconds / readings, 3),
+        "balance_readings": readings,
+        "balance_meters": int(BalanceSim(cfg).meter_ids.shape[0]),
+    }
+
+
 def _rate(xs: Sequence[bool]) -> float:
     return float(np.mean(xs)) if xs else float("nan")
 
