@@ -18,6 +18,8 @@ Reported (fractions in 0-1):
   / in the first three suspects of the event;
 - ``mismap_found_rate``: mis-mapped meters named in the first three suspects of an event on
   either transformer within 48 h;
+- ``drift_found_rate`` (the drifting meter in the first three suspects of an event) and
+  ``loss_rise_found_rate`` (an event on the transformer), any time before the end: no targets;
 - ``false_alarms_per_1000_tx_days``: events of the clean run per 1,000 transformer-days from day
   4 on (the balance cannot alarm before: two days of warm-up, two of tail).
 
@@ -77,7 +79,15 @@ def matches(e: AnomalyRecord, case: Case) -> bool:
 
 def score_labelled(sim: BalanceSim, events: list[AnomalyRecord]) -> dict[str, list]:
     """Per-case outcomes of one labelled run."""
-    out: dict[str, list] = {"theft": [], "delay_h": [], "top1": [], "top3": [], "mismap": []}
+    out: dict[str, list] = {
+        "theft": [],
+        "delay_h": [],
+        "top1": [],
+        "top3": [],
+        "mismap": [],
+        "drift": [],
+        "loss_rise": [],
+    }
     out["unmatched"] = [e for e in events if not any(matches(e, c) for c in sim.cases)]
     out["theft_events"] = [
         e for e in events if any(matches(e, c) for c in sim.cases if c.kind == "theft")
@@ -98,6 +108,9 @@ def score_labelled(sim: BalanceSim, events: list[AnomalyRecord]) -> dict[str, li
         elif case.kind == "mismap":
             soon = [e for e in near if e.ts_ms - case.start_ms <= 48 * _H]
             out["mismap"].append(any(case.meter in suspects(e)[:3] for e in soon))
+        elif case.kind in ("drift", "loss_rise"):  # found at all, for drift with its meter named
+            named = [e for e in near if case.kind == "loss_rise" or case.meter in suspects(e)[:3]]
+            out[case.kind].append(bool(named))
     return out
 
 
@@ -150,6 +163,8 @@ def summarise(runs: list[dict]) -> dict[str, object]:
         "top3_suspect_rate": _rate([x for r in runs for x in r["top3"]]),
         "mismap_cases": sum(len(r["mismap"]) for r in runs),
         "mismap_found_rate": _rate([x for r in runs for x in r["mismap"]]),
+        "drift_found_rate": _rate([x for r in runs for x in r["drift"]]),
+        "loss_rise_found_rate": _rate([x for r in runs for x in r["loss_rise"]]),
         "false_alarms_per_1000_tx_days": 1000.0
         * sum(r["clean_events"] for r in runs)
         / sum(r["clean_tx_days"] for r in runs),
