@@ -23,6 +23,7 @@ from streams.config import ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
     from streams.runtime.failpoints import Failpoints
+    from streams.service import Service
 
 log = logging.getLogger("gridstream")
 
@@ -121,7 +122,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         service.ensure_schema(settings.clickhouse.migrate)
         _log_start(settings, engine)
-        balance = _start_balance(settings, service.sink, stop)
+        balance = _start_balance(settings, service, stop)
         with gc_policy():  # after start-up: what it allocated is frozen out of the GC's sight
             stats = service.engine.run(stop)
         log.info("stopped after %d batches: %s", stats.batches, dict(stats.counters))
@@ -134,13 +135,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start_balance(settings: Settings, sink: object, stop: threading.Event) -> object:
-    """With ``balance.enabled``, the energy balance's stages in a thread beside the engine."""
+def _start_balance(settings: Settings, service: Service, stop: threading.Event) -> object:
+    """With ``balance.enabled``, the energy balance's stages in a thread beside the engine,
+    counting into /metrics."""
     if not settings.balance.enabled:
         return None
     from streams.runtime.balance_stage import start_in_thread
 
-    return start_in_thread(settings, sink, stop, failpoints_from_env())  # type: ignore[arg-type]
+    counter = service.monitor.metrics.balance
+
+    def metric(what: str, n: int) -> None:
+        counter.labels(what).inc(n)
+
+    return start_in_thread(settings, service.sink, stop, failpoints_from_env(), metric)
 
 
 def _log_start(settings: Settings, engine: str) -> None:

@@ -64,7 +64,9 @@ class BalanceStage:
         *,
         failpoints: Failpoints | None = None,
         clock: Callable[[], float] = time.time,
+        metric: Callable[[str, int], None] | None = None,
     ) -> None:
+        """``metric(what, n)`` also exports each count (``gridstream_balance_records_total``)."""
         self.settings = settings
         b = settings.balance
         self.params = BalanceParams(interval_s=b.interval_s, lateness_s=b.lateness_s)
@@ -77,10 +79,16 @@ class BalanceStage:
         self.replay_until: dict[int, int] = {}
         self.partitions = 1
         self.counters: Counter[str] = Counter()
+        self.metric = metric
         state = settings.processing.state_dir
         self.ckpt_dir = Path(state) / f"{settings.kafka.group_id}.balance" if state else None
         self._producer: TopicSink | None = None
         self._batches = 0
+
+    def _count(self, what: str, n: int) -> None:
+        self.counters[what] += n
+        if self.metric is not None and n:
+            self.metric(what, n)
 
     # -- clients -----------------------------------------------------------------------------
     def _consumer(self, suffix: str) -> Consumer:
@@ -122,7 +130,7 @@ class BalanceStage:
             )
             if self.sink is not None:
                 self.sink.write(ForecastBatch.empty(), [], letters, int(self.clock() * 1000))
-            self.counters["topology_dead_letters"] += len(letters)
+            self._count("topology_dead_letters", len(letters))
 
     # -- stage 1 -----------------------------------------------------------------------------
     def _decode(self, msgs: list, contracts: list[str]):  # noqa: ANN202 - a DecodedBatch
@@ -144,7 +152,7 @@ class BalanceStage:
         contracts = [METER if m.topic() == self.settings.topics.meter else SCADA for m in msgs]
         decoded = self._decode(msgs, contracts)
         r, topo = decoded.readings, self.feed.topology
-        self.counters["balance_undecodable"] += len(decoded.rejections)
+        self._count("balance_undecodable", len(decoded.rejections))
         out = []
         rows = zip(r.entity, r.kind, r.ts_ms.tolist(), r.src_index.tolist(), strict=True)
         for e, kind, ts, src in rows:
@@ -152,14 +160,14 @@ class BalanceStage:
                 continue
             parent = topo.parent_at(e, ts) if kind == "meter" else e
             if parent is None:
-                self.counters["balance_unmapped"] += 1
+                self._count("balance_unmapped", 1)
                 continue
             header = [(CONTRACT, contracts[src].encode())]
             out.append(OutRecord(parent.encode(), msgs[src].value(), header))
         assert self._producer is not None
         self._producer.publish([(self.settings.balance.internal_topic, out)])
         consumer.commit(offsets=_next_offsets(msgs), asynchronous=False)
-        self.counters["balance_forwarded"] += len(out)
+        self._count("balance_forwarded", len(out))
         return len(msgs)
 
     # -- stage 2 -----------------------------------------------------------------------------
@@ -193,12 +201,12 @@ class BalanceStage:
         kw = np.where(r.kind == "meter", r.value, r.value * 1000.0)  # SCADA MW -> kW
         core = self.cores.get(p) or self._fresh(p)
         again = offsets < self.replay_until.get(p, -1)
-        self.counters["balance_replayed"] += int(again.sum())
+        self._count("balance_replayed", int(again.sum()))
         core.process(r.entity[again], r.kind[again], r.ts_ms[again], kw[again])  # published
         live = ~again
-        self.counters["balance_consumed"] += int(live.sum())
+        self._count("balance_consumed", int(live.sum()))
         out = core.process(r.entity[live], r.kind[live], r.ts_ms[live], kw[live])
-        self.counters["balance_late"] += out.late
+        self._count("balance_late", out.late)
         self.positions[p] = int(msgs[-1].offset()) + 1
         return out
 
@@ -214,8 +222,8 @@ class BalanceStage:
             self.sink.write_balance(out.rows, now_ms)
             if events:
                 self.sink.write(ForecastBatch.empty(), events, [], now_ms)
-        self.counters["balance_events"] += len(events)
-        self.counters["balance_rows"] += sum(len(r) for r in out.rows)
+        self._count("balance_events", len(events))
+        self._count("balance_rows", sum(len(r) for r in out.rows))
 
     # -- partitions and their state ----------------------------------------------------------
     def _owns(self, p: int):  # noqa: ANN202 - a predicate on parent ids
@@ -268,7 +276,7 @@ class BalanceStage:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        self.counters["balance_checkpoints"] += 1
+        self._count("balance_checkpoints", 1)
 
     def _restore(self, p: int) -> int:
         """Partition ``p``'s core from its checkpoint (its position), or a fresh one (-1)."""
@@ -278,7 +286,7 @@ class BalanceStage:
                 core = BalanceCore.loads(path.read_bytes(), self.feed.topology, self._owns(p))
                 self.cores[p] = core
                 self.positions[p] = int(core.extra.get("position", -1))
-                self.counters["balance_restores"] += 1
+                self._count("balance_restores", 1)
                 return self.positions[p]
             except BalanceSnapshotError as exc:
                 log.warning("balance checkpoint %s unusable (%s): rebuilding by replay", path, exc)
@@ -313,9 +321,10 @@ def start_in_thread(
     sink: ClickHouseSink | None,
     stop: threading.Event,
     failpoints: Failpoints | None = None,
+    metric: Callable[[str, int], None] | None = None,
 ) -> threading.Thread:
     """``gridstream run`` with ``balance.enabled``: the stage beside the engine, same stop."""
-    stage = BalanceStage(settings, sink, failpoints=failpoints)
+    stage = BalanceStage(settings, sink, failpoints=failpoints, metric=metric)
     thread = threading.Thread(target=stage.run, args=(stop,), name="balance", daemon=True)
     thread.start()
     return thread
