@@ -101,6 +101,8 @@ class BalanceStage:
     def run(self, stop: threading.Event, idle_exit_s: float | None = None) -> Counter[str]:
         """Run both stages until ``stop`` (or ``idle_exit_s`` without input); the counters."""
         t, b = self.settings.topics, self.settings.balance
+        if self.settings.kafka.processing_guarantee == "exactly_once":
+            log.warning("balance outputs are at least once (ClickHouse counts them once)")
         if self.settings.kafka.create_topics:
             ensure_balance_topics(self.settings)
         self._producer = TopicSink(Producer(self.settings.kafka.producer_config()))
@@ -322,10 +324,25 @@ def start_in_thread(
     stop: threading.Event,
     failpoints: Failpoints | None = None,
     metric: Callable[[str, int], None] | None = None,
+    retry_s: float = 5.0,
 ) -> threading.Thread:
-    """``gridstream run`` with ``balance.enabled``: the stage beside the engine, same stop."""
-    stage = BalanceStage(settings, sink, failpoints=failpoints, metric=metric)
-    thread = threading.Thread(target=stage.run, args=(stop,), name="balance", daemon=True)
+    """``gridstream run`` with ``balance.enabled``: the stage beside the engine, same stop.
+
+    A stage that fails (broker or ClickHouse down past the sinks' retries) is logged and built
+    again after ``retry_s``: it resumes from its checkpoints and committed offsets, as after a
+    crash, while the engine goes on."""
+
+    def supervise() -> None:
+        while not stop.is_set():
+            try:
+                BalanceStage(settings, sink, failpoints=failpoints, metric=metric).run(stop)
+            except Exception:  # noqa: BLE001 - any failure: restart from committed state
+                log.exception("balance stage failed; restarting in %.0f s", retry_s)
+                if metric is not None:
+                    metric("stage_restarts", 1)
+                stop.wait(retry_s)
+
+    thread = threading.Thread(target=supervise, name="balance", daemon=True)
     thread.start()
     return thread
 
