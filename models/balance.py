@@ -231,7 +231,7 @@ class BalanceCore:
         """Children's parents as of interval ``i``'s start, when the topology says they moved."""
         t0 = i * self.interval_ms
         version, at = self._mapped
-        changed = any(at * self.interval_ms < t <= t0 for t in self.topology.change_ms)
+        changed = self.topology.changes_between(at * self.interval_ms, t0)
         if version == self.topology.version and not changed:
             return
         mine = self.owns or (lambda _: True)

@@ -17,7 +17,7 @@ nothing. No I/O: the runtime feeds records in and reads ``parent_at``.
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 
 from schemas.topology import LEVEL, TopologyLink
@@ -39,7 +39,7 @@ class Topology:
         self._links: dict[str, list[Link]] = {}
         self._kind: dict[str, str] = {}
         self.version = 0
-        self.change_ms: set[int] = set()  # instants at which some mapping changes
+        self.change_ms: list[int] = []  # sorted instants at which some mapping changes
 
     def __len__(self) -> int:
         return len(self._links)
@@ -57,6 +57,10 @@ class Topology:
             return None
         link = links[i]
         return link.parent if t_ms < link.to_ms else None
+
+    def changes_between(self, after_ms: int, until_ms: int) -> bool:
+        """Does some mapping change in ``(after_ms, until_ms]``?"""
+        return bisect_right(self.change_ms, until_ms) > bisect_right(self.change_ms, after_ms)
 
     def children(self, kind: str = "meter") -> list[str]:
         """Every child of ``kind`` ever mapped, in a stable order (first seen first)."""
@@ -117,7 +121,8 @@ class Topology:
         links.append(new)
         links.sort(key=lambda lk: lk.from_ms)
         self._links[c] = links
-        self.change_ms.add(new.from_ms)
-        if end != _OPEN:
-            self.change_ms.add(end)
+        for t in (new.from_ms, end) if end != _OPEN else (new.from_ms,):
+            at = bisect_left(self.change_ms, t)
+            if at == len(self.change_ms) or self.change_ms[at] != t:
+                self.change_ms.insert(at, t)
         self.version += 1
