@@ -87,6 +87,11 @@ ErrorClass = Literal[
     "timestamp_in_future",
     "out_of_order",
     "conflicting_duplicate",
+    "topology_invalid",
+    "topology_tombstone",
+    "topology_unknown_parent",
+    "topology_cycle",
+    "topology_two_parents",
 ]
 
 
