@@ -7,6 +7,7 @@ On a fresh embedded broker, with the same simulated readings:
    command's GC policy), readings/s, and its ratio to the ceiling;
 3. core: decode + the core in memory, readings/s, and every stage in µs per reading
    (``benchmarks.stages``: JSON parse, validation, the core's parts, encoding, ClickHouse);
+   the energy balance core's µs per reading (``benchmarks.quality_balance.cost_per_reading``);
 4. latency (``benchmarks.latency``): produce -> output event at 1k/s, 10k/s and a burst, against
    a separate ``gridstream run`` process, with chDB and with ClickHouse off;
 5. memory (``benchmarks.memory``): RSS with 1k/10k/100k warm entities and over a long run;
@@ -30,6 +31,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from benchmarks import decode_formats, latency, memory, scaling
+from benchmarks.quality_balance import cost_per_reading
 from benchmarks.stages import STAGES, stage_loop
 from models.processor import GridProcessor
 from schemas.decode import decode_batch
@@ -234,6 +236,8 @@ def _summary(report: dict[str, object]) -> list[tuple[str, str]]:
         ("stages µs/reading", ", ".join(f"{k} {v}" for k, v in report["stages_us"].items())),  # type: ignore[attr-defined]
         ("decode µs/reading", ", ".join(
             f"{k} {v}" for k, v in report["decode_us_per_reading"].items())),  # type: ignore[attr-defined]
+        ("balance µs/reading", f"{report['balance_us_per_reading']} (energy balance core, "
+                               f"{report['balance_meters']:,} meters)"),
         ("p99_latency_ms", f"{report['p99_latency_ms']} (10k/s, chDB)"),
     ]
     for name, block in (("chdb", lat), ("kafka_only", kafka)):
@@ -302,6 +306,7 @@ def run(quick: bool = False, json_path: Path | None = None, progress: Progress |
         report["core_rps"] = round(c["rps"])
         report["stages_us"] = stages_us(values, tmp / "chdb")
         report["decode_us_per_reading"] = decode_formats.measure(5_000 if quick else 20_000)
+        report.update(cost_per_reading(*((200, 2) if quick else (2000, 3))))
         seconds, burst = (3.0, 10_000) if quick else (10.0, 30_000)
         phase("latency")
         lat = {

@@ -12,12 +12,18 @@ With ``score_decades = 8`` a score of 0.5 (info) is a one-in-10,000 reading of n
 that is at most one false info alarm per entity in about 100 days of normal behaviour, if the
 tails are right; ``benchmarks/quality_*`` measure how right they are.
 
+Between incidents, a reading is shown in full only when its score beats the entity's highest of
+the last ``cooldown_s`` by ``news_margin`` (0.05, 0.4 decades): a run of similar sub-threshold
+scores (a burst ringing in CUSUM sums and averages) shows as one moment, the rest at
+``incident_discount`` of their score. Events do not depend on it.
+
 Incidents: a reading whose score reaches the emit threshold opens an incident, which lasts while
 such readings come less than ``cooldown_s`` apart. Within it, only a reading of a higher severity
-than any before is news: it is published and keeps its score. The others are shown at their
-score times ``incident_discount`` (below the emit threshold, their ranking kept), so the score
-stream and the event stream say the same thing: one incident, one high-scoring moment per
-severity step.
+than any before is news: it is published and keeps its score. Every other reading of an open
+incident, above the threshold or below it (the echo of the change in averages and sums), is
+shown at its score times ``incident_discount`` (below the emit threshold, the ranking kept), so
+the score stream and the event stream say the same thing: one incident, one high-scoring moment
+per severity step.
 
 >>> import numpy as np
 >>> from models.params import ProcessorParams
@@ -78,10 +84,33 @@ def incidents(
     since = ts - np.where(last_ts == NO_TS, ts, last_ts)
     ongoing = (last_ts != NO_TS) & (since < p.cooldown_s * 1000)
     news = over & ~(ongoing & (rank <= last_rank))
-    shown = np.where(over & ~news, score * p.incident_discount, score)
-    shown_rank = np.where(over & ~news, severity_rank(shown, p), rank)
+    # no news: at the threshold, anything while an incident is open, or no new high lately
+    echo = ((over | ongoing) & ~news) | (warm & ~news & ~_new_high(c, s, ts, score, warm, p))
+    shown = np.where(echo, score * p.incident_discount, score)
+    shown_rank = np.where(echo, severity_rank(shown, p), rank)
     c["last_event_ts"][s[over]] = ts[over]
     c["last_event_rank"][s[over]] = np.where(
         ongoing[over], np.maximum(rank[over], last_rank[over]), rank[over]
     )
     return shown, np.where(warm, shown_rank, -1), news
+
+
+def _new_high(
+    c: dict[str, np.ndarray],
+    s: np.ndarray,
+    ts: np.ndarray,
+    score: np.ndarray,
+    warm: np.ndarray,
+    params: ProcessorParams,
+) -> np.ndarray:
+    """Whether each score beats the entity's highest of the last ``cooldown_s`` by
+    ``news_margin`` (always, with a negative margin); updates that running high."""
+    p = params
+    peak, peak_ts = c["peak_score"][s], c["peak_ts"][s]
+    since = ts - np.where(peak_ts == NO_TS, ts, peak_ts)
+    recent = (peak_ts != NO_TS) & (since < p.cooldown_s * 1000)
+    prev = np.where(recent, peak, 0.0)
+    up = warm & (~recent | (score > prev))
+    c["peak_score"][s[up]] = score[up]
+    c["peak_ts"][s[up]] = ts[up]
+    return (p.news_margin < 0) | (score > prev + p.news_margin) | (score <= 0.0)

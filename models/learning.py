@@ -38,6 +38,8 @@ class Observed:
     tod_scale: np.ndarray  # the bucket's residual scale before this reading (resid_prof)
     wbucket: np.ndarray  # hour of the week
     week_dev: np.ndarray  # that hour's weekly departure before this reading (week_dev)
+    lres: np.ndarray  # relative residual, NaN where the entity is measured in absolute terms
+    ldev: np.ndarray  # relative departure from the profile, likewise
 
 
 def learn(p: ProcessorParams, c: dict[str, np.ndarray], o: Observed) -> None:
@@ -58,6 +60,7 @@ def learn(p: ProcessorParams, c: dict[str, np.ndarray], o: Observed) -> None:
         sscale,
     )
     c["seasonal_n"][s] = s_n + prof_seen
+    _learn_relative(p, c, o, warm, s_n >= p.warmup)
     c["cusum_pos"][s], c["cusum_neg"][s] = cpos, cneg
     learn_v = np.where(
         prof_seen & np.isfinite(sscale), np.clip(v, prof - 4.0 * sscale, prof + 4.0 * sscale), v
@@ -161,3 +164,18 @@ def _robust_scale(
 def _warm_rate(n: np.ndarray, rate: float) -> np.ndarray:
     """Plain mean of the first observations, then the EWMA rate: no cold-start bias."""
     return np.maximum(1.0 / (n + 1.0), rate)
+
+
+def _learn_relative(
+    p: ProcessorParams, c: dict[str, np.ndarray], o: Observed, warm: np.ndarray, s_warm: np.ndarray
+) -> None:
+    """Scales of the relative residual and departure (``models.relative``), where measured."""
+    s, count, s_n = o.s, c["count"][o.s], c["seasonal_n"][o.s]
+    for col, x, rate, ok in (
+        ("lscale", o.lres, _warm_rate(count, p.scale_rate), warm),
+        ("lsscale", o.ldev, _warm_rate(s_n, p.scale_rate), s_warm),
+    ):
+        old = c[col][s]
+        has = np.isfinite(x)
+        learned = _robust_scale(old, np.abs(np.nan_to_num(x)), rate, ok)
+        c[col][s] = np.where(has, learned, old)

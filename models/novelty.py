@@ -3,9 +3,11 @@
 Many real incidents take a series somewhere it has never been: a machine's temperature far below
 any earlier dip, a count above every earlier burst, a CPU at a level it never ran at. No model of
 the signal is needed to see that, only its range. Per entity the range ``[lo, hi]`` is learned
-online: a reading outside it pulls the bound out by ``nov_out_rate`` of the overshoot (so a drop
-over twenty readings is measured against where the range was before it, and a lasting new level
-becomes part of the range within tens of readings), and both bounds creep towards the middle by
+online: a reading outside it pulls the bound out by ``nov_out_rate`` (2 %) of the overshoot, so a
+descent over many hours to where the series has never been is measured against where the range
+was before it (a fast-following bound would move with the descent and find every step ordinary),
+and a lasting new level becomes part of the range within about a hundred readings (the incident's
+echo is discounted meanwhile, ``models.fusion``). Both bounds creep towards the middle by
 ``nov_in_rate`` a reading, so an extreme of long ago fades. The statistic is the overshoot in
 range widths, 0 inside the range; ``models.tails`` calibrates it against the entity's own record
 of overshoots (its share of non-zero values included).

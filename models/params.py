@@ -14,6 +14,7 @@ ONLINE_DETECTORS: tuple[str, ...] = (
     "level",
     "novelty",
 )
+RELATIVE_MODES: tuple[str, ...] = ("none", "departure", "residual", "both")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,10 @@ class ProcessorParams:
     forecast_min: int = 3  # readings an entity needs before it gets forecasts
     cusum_k: float = 2.0  # CUSUM slack, in seasonal scales: weather and weekdays stay below
     cusum_h: float = 10.0  # CUSUM sums restart above 3x this, so a new change can show
+    # entities whose range stays >= 0 measure these in relative (log) terms (models.relative):
+    # "departure" (from the time-of-day profile), "residual" (one step), "both" or "none"
+    relative: str = "departure"
+    relative_eps: float = 0.05  # share of the range's top added before the log, so 0 stays finite
     stuck_max_repeat_rate: float = 0.05  # entities repeating more often than this never stick
     lik_min: int = 150  # readings behind the long-run statistics before tail scores count
     lik_short_rate: float = 0.2  # EWMA weight of the recent mean error / value (about 9 readings)
@@ -45,7 +50,7 @@ class ProcessorParams:
     lvl_short_rate: float = 0.2  # EWMA weight of the recent mean value for the level detector
     lvl_long_rate: float = 0.0005  # EWMA weight of its long-run mean and variance
     lvl_min: int = 300  # readings behind the level detector's long-run statistics before it scores
-    nov_out_rate: float = 0.1  # how far a reading outside the range pulls the bound out
+    nov_out_rate: float = 0.02  # how far a reading outside the range pulls the bound out
     nov_in_rate: float = 0.002  # how fast the range's bounds creep towards its middle
     weekly_min_weeks: int = 2  # weeks of departures before the level detector adjusts by weekday
     weekly_rate: float = 0.3  # weight of the newest week in an hour-of-week bucket
@@ -77,6 +82,9 @@ class ProcessorParams:
     drift_delta: float = 0.002  # ADWIN confidence of the fleet residual-drift detector
     drift_sample_every: int = 1  # feed it one warm reading in N (a hash sample) on large fleets
     cooldown_s: int = 3600  # an incident lasts while high scores come less than this apart
+    # a reading outside an event is shown in full only when its score beats the entity's highest
+    # within cooldown_s by this much; otherwise it is the echo of what was shown (negative: off)
+    news_margin: float = 0.05
     incident_discount: float = (
         0.3  # a high score that is no news within an incident is shown x this
     )
@@ -108,6 +116,8 @@ class ProcessorParams:
             rate = getattr(self, name)
             if not 0.0 < rate <= 1.0:
                 raise ValueError(f"{name} must be in (0, 1], got {rate}")
+        if self.relative not in RELATIVE_MODES:
+            raise ValueError(f"relative must be one of {RELATIVE_MODES}, got {self.relative!r}")
         if not 0.0 < self.incident_discount < 1.0:
             raise ValueError(f"incident_discount must be in (0, 1), got {self.incident_discount}")
         if not 0.0 <= self.emit_threshold <= 1.0:

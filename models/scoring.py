@@ -31,6 +31,7 @@ from models.novelty import overshoot_and_learn
 from models.nowcast import bucket_of, expected_value, steps_ahead, week_bucket_of
 from models.online import GatedHalfSpaceTrees
 from models.params import ProcessorParams
+from models.relative import log_ratio
 from models.state import NO_TS
 from schemas.batch import ReadingBatch
 
@@ -112,6 +113,8 @@ def score_round(
         tod_scale=o.tod_scale,
         wbucket=o.wbucket,
         week_dev=o.week_dev,
+        lres=o.lres,
+        ldev=o.ldev,
     )
     feats = {**f, "run": o.run, "cusum": cusum, **tail_z}
     hst_x = GatedHalfSpaceTrees.features(f["z"], f["zs"], cusum, zc, o.run)
@@ -136,6 +139,8 @@ class _Features:
     week_dev: np.ndarray
     prof_trusted: np.ndarray
     weekly: np.ndarray
+    lres: np.ndarray  # relative residual (NaN for entities measured in absolute terms)
+    ldev: np.ndarray  # relative departure from the profile (likewise)
 
 
 def _features(
@@ -169,6 +174,15 @@ def _features(
         tod_ratio = tod_scale / c["err_scale"][s]
     tod_ratio = np.where(prof_trusted & np.isfinite(tod_ratio), np.maximum(tod_ratio, 1.0), 1.0)
     zs = det.robust_z(dev_s, c["seasonal_scale"][s] * tod_ratio, level)
+    # entities that never go negative: residual and departure in relative (log) terms
+    rel_r, lres = log_ratio(c, s, v, expected, p.relative_eps)
+    rel_s, ldev = log_ratio(c, s, v, np.where(prof_seen, prof, np.nan), p.relative_eps)
+    one = np.ones_like(v)
+    lscale, lsscale = c["lscale"][s], c["lsscale"][s]
+    use_r = (p.relative in ("residual", "both")) & rel_r & np.isfinite(lscale)
+    use_s = (p.relative in ("departure", "both")) & rel_s & np.isfinite(lsscale)
+    z = np.where(use_r, det.robust_z(lres, lscale, one), z)
+    zs = np.where(use_s, det.robust_z(ldev, lsscale, one), zs)
     zs = np.where(prof_trusted & (c["seasonal_n"][s] >= p.warmup), zs, 0.0)
     same_value = seen & (v == c["last_value"][s])
     run = np.where(same_value, c["run"][s] + 1, 0)
@@ -212,4 +226,6 @@ def _features(
         week_dev,
         prof_trusted,
         weekly,
+        np.where(rel_r, lres, np.nan),
+        np.where(rel_s, ldev, np.nan),
     )

@@ -28,6 +28,8 @@ _SCALARS: dict[str, tuple[type, float]] = {
     "scale": (np.float64, np.nan),  # EWMA of |one-step residual|
     "seasonal_scale": (np.float64, np.nan),  # EWMA of |value - profile|
     "seasonal_n": (np.int64, 0),  # observations behind seasonal_scale
+    "lscale": (np.float64, np.nan),  # EWMA of |relative one-step residual| (models.relative)
+    "lsscale": (np.float64, np.nan),  # EWMA of |relative departure from the profile|
     "cusum_pos": (np.float64, 0.0),
     "cusum_neg": (np.float64, 0.0),
     "run": (np.int64, 0),  # identical consecutive values so far
@@ -48,6 +50,8 @@ _SCALARS: dict[str, tuple[type, float]] = {
     "nov_hi": (np.float64, np.nan),
     "week_start": (np.int64, NO_TS),  # first reading whose departure the weekly profile learned
     "last_event_ts": (np.int64, NO_TS),
+    "peak_score": (np.float64, 0.0),
+    "peak_ts": (np.int64, NO_TS),
     "last_event_rank": (np.int64, -1),  # severity rank of the last event published
 }
 CHANNEL_NAMES: tuple[str, ...] = ("reactive", "voltage", "current", "frequency", "temperature")

@@ -21,6 +21,7 @@ from schemas.decode import decode_batch
 from schemas.exceptions import ContractError
 from schemas.outputs import AnomalyEvent, DeadLetter, Forecast, LabelledAnomaly, stable_id
 from schemas.readings import MeterReading, ScadaReading
+from schemas.topology import TopologyLink
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 JSON_DIR = Path(__file__).resolve().parent / "json"
@@ -32,6 +33,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "anomaly_event": AnomalyEvent,
     "dead_letter": DeadLetter,
     "labelled_anomaly": LabelledAnomaly,
+    "topology_link": TopologyLink,
 }
 # Output contracts are what gridstream emits, so their examples are in the emitted (canonical) form.
 OUTPUTS = frozenset({"forecast", "anomaly_event", "dead_letter", "labelled_anomaly"})
@@ -115,6 +117,13 @@ def examples() -> dict[str, dict[str, object]]:
             "kind": "drop_to_zero",
             "start_ts": "2024-06-01T10:00:00Z",
             "end_ts": "2024-06-01T10:30:00Z",
+        },
+        "topology_link": {
+            "child_id": "meter-000417",
+            "child_kind": "meter",
+            "parent_id": "tx-0012",
+            "parent_kind": "transformer",
+            "valid_from": "2024-06-01T00:00:00Z",
         },
     }
 

@@ -94,6 +94,11 @@ ErrorClass = Literal[
     "not_framed",
     "wrong_schema_type",
     "schema_decode_failed",
+    "topology_invalid",
+    "topology_tombstone",
+    "topology_unknown_parent",
+    "topology_cycle",
+    "topology_two_parents",
 ]
 
 

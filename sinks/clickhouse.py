@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 import pyarrow as pa
 
+from schemas.balance import BalanceRows
 from schemas.batch import AnomalyRecord, DeadLetterRecord, ForecastBatch, ReadingBatch
 from sinks.clickhouse_common import ClickHouseBackend, QueryResult
 from sinks.ddl import (
@@ -39,6 +40,7 @@ from sinks.ddl import (
     render,
     ttl_expression,
 )
+from sinks.ddl_balance import ENERGY_BALANCE
 from sinks.exceptions import SchemaMismatch, SinkError
 from sinks.rows import (
     DriftEventLike,
@@ -49,6 +51,7 @@ from sinks.rows import (
     forecasts_table,
     readings_table,
 )
+from sinks.rows_balance import energy_balance_table
 from sinks.table_format import format_table
 from sinks.views import ALL_VIEWS
 
@@ -257,6 +260,12 @@ class ClickHouseSink:
             self._insert(ANOMALIES, len(anomalies), lambda: anomalies_table(anomalies))
         if dead_letters:
             self._insert(DEAD_LETTERS, len(dead_letters), lambda: dead_letters_table(dead_letters))
+
+    def write_balance(self, rows: Sequence[BalanceRows], now_ms: int) -> None:
+        """Insert closed balance intervals (``energy_balance``)."""
+        n = sum(len(r) for r in rows)
+        if n:
+            self._insert(ENERGY_BALANCE, n, lambda: energy_balance_table(rows, now_ms))
 
     def write_drift_events(self, events: Sequence[DriftEventLike]) -> None:
         """Insert drift events (any records with ``DriftEventLike``'s attributes)."""

@@ -48,6 +48,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
+from sinks.ddl_balance import ENERGY_BALANCE
 from sinks.ddl_types import (  # noqa: F401 - re-exported: the schema is written in these
     _DDL_HEAD,
     _IDENTIFIER,
@@ -351,6 +352,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             *_rollup(ANOMALY_COUNTS_AGG, _ANOMALY_ROLLUP_SELECT, ANOMALIES.name),
         ),
     ),
+    Migration(5, "energy_balance per parent and interval", (ENERGY_BALANCE.create_sql(),)),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
@@ -361,7 +363,7 @@ DATA_TABLES: tuple[Table, ...] = (READINGS, FORECASTS, ANOMALIES, DRIFT_EVENTS, 
 # The shape every table has after the latest migration; the sink checks it at start.
 ROLLUP_TABLES: tuple[Table, ...] = (LOAD_HOURLY_AGG, ANOMALY_COUNTS_AGG)
 EXPECTED_TABLES: dict[str, Table] = {
-    t.name: t for t in (*DATA_TABLES, *ROLLUP_TABLES, SCHEMA_MIGRATIONS)
+    t.name: t for t in (*DATA_TABLES, *ROLLUP_TABLES, ENERGY_BALANCE, SCHEMA_MIGRATIONS)
 }
 
 

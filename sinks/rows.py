@@ -36,6 +36,7 @@ STAMP = {
     ANOMALIES.name: "detected_at",
     DRIFT_EVENTS.name: "detected_at",
     DEAD_LETTERS.name: "dead_lettered_at",
+    "energy_balance": "written_at",
 }
 
 

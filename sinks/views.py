@@ -30,6 +30,10 @@ Definitions:
   fired" is in ``anomalies.fired``). An event without explanation has kind ``unexplained``.
 - ``top_anomalous_entities``: per entity: events by severity, max score, first and last event,
   most frequent kind; ordered critical first.
+- ``energy_balance_worst``: per parent over the last 7 days of ``energy_balance``: intervals,
+  energy, unexplained share (residual over parent energy), mean loss and expected ratios,
+  alarming intervals, the first alarm and the suspects of the latest alarming interval; parents
+  with most alarming intervals first.
 - ``dead_letters_daily``: per UTC day, source topic and error class: dead letters and the error
   text of the first one (lowest offset).
 """
@@ -40,6 +44,7 @@ from dataclasses import dataclass
 
 from schemas.accuracy import ACTUAL_TOLERANCE_S
 from sinks.ddl import ANOMALY_KIND, DB
+from sinks.ddl_balance import WORST_PARENTS_SELECT
 
 MAPE_ALERT_PCT = 2.0
 
@@ -201,6 +206,12 @@ FROM {DB}.dead_letters FINAL
 GROUP BY day, source_topic, error_class""",
 )
 
+ENERGY_BALANCE_WORST = View(
+    "energy_balance_worst",
+    "per parent, last 7 days of energy_balance: unexplained share of energy, alarms, suspects",
+    WORST_PARENTS_SELECT,
+)
+
 VIEWS: tuple[View, ...] = (
     LOAD_HOURLY,
     LOAD_DAILY,
@@ -212,4 +223,6 @@ VIEWS: tuple[View, ...] = (
 )
 # Parameterised (``start``, ``end``): queried as table functions, ``FROM v(start=..., end=...)``.
 RANGE_VIEWS: tuple[View, ...] = (FORECAST_ACCURACY_BETWEEN, FORECAST_MAPE_HOURLY_BETWEEN)
-ALL_VIEWS: tuple[View, ...] = (*VIEWS, *RANGE_VIEWS)
+# Over the energy balance's own table (tests/integration/test_energy_balance_table.py).
+BALANCE_VIEWS: tuple[View, ...] = (ENERGY_BALANCE_WORST,)
+ALL_VIEWS: tuple[View, ...] = (*VIEWS, *RANGE_VIEWS, *BALANCE_VIEWS)

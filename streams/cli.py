@@ -24,6 +24,7 @@ from streams.config import ConfigError, Settings, load_settings
 if TYPE_CHECKING:
     from streams.ops.progress import Progress
     from streams.runtime.failpoints import Failpoints
+    from streams.service import Service
     from streams.sim.generator import SimConfig
     from streams.sim.producer import SimStats
 
@@ -127,13 +128,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         service.ensure_schema(settings.clickhouse.migrate)
         _log_start(settings, engine)
+        balance = _start_balance(settings, service, stop)
         with gc_policy():  # after start-up: what it allocated is frozen out of the GC's sight
             stats = service.engine.run(stop)
         log.info("stopped after %d batches: %s", stats.batches, dict(stats.counters))
+        if balance is not None:
+            stop.set()
+            balance.join(60)
     finally:
         if server is not None:
             server.stop()
     return 0
+
+
+def _start_balance(settings: Settings, service: Service, stop: threading.Event) -> object:
+    """With ``balance.enabled``, the energy balance's stages in a thread beside the engine,
+    counting into /metrics."""
+    if not settings.balance.enabled:
+        return None
+    from streams.runtime.balance_stage import start_in_thread
+
+    counter = service.monitor.metrics.balance
+
+    def metric(what: str, n: int) -> None:
+        counter.labels(what).inc(n)
+
+    return start_in_thread(settings, service.sink, stop, failpoints_from_env(), metric)
 
 
 def _log_start(settings: Settings, engine: str) -> None:

@@ -62,6 +62,8 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         f"anomaly events: critical {sev['critical']:,}, warning {sev['warning']:,}, "
         f"info {sev['info']:,} (horizons {', '.join(f'{h} s' for h in params.horizons_s)})"
     )
+    if getattr(args, "topology", None) and getattr(args, "scada", None):
+        _balance(args)
     if collector is not None:
         from streams.tools.report import write_report
         from streams.tools.report_input import load_labels
@@ -102,6 +104,19 @@ def _backtest_with_progress(
         write_output(table, Path(args.output))
         progress.finish(step)
     return result
+def _balance(args: argparse.Namespace) -> None:
+    """``backtest --topology T --scada S``: the energy balance of the input meters."""
+    from pathlib import Path
+
+    from streams.tools.backtest_balance import balance_files
+
+    output = Path(args.output).with_suffix(".balance.csv")
+    out, refused = balance_files(Path(args.input), Path(args.scada), Path(args.topology), output)
+    for r in refused:
+        print(f"topology line {r.src_index + 1} refused: {r.error_class}: {r.error}")
+    rows = sum(len(r) for r in out.rows)
+    print(f"energy balance: {rows:,} transformer-intervals -> {output}; "
+          f"{len(out.events)} balance events, {out.late:,} late readings")
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -191,6 +191,9 @@ def add_backtest(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     )
     p.add_argument("--input", required=True, help="CSV or Parquet file of readings")
     p.add_argument("--output", required=True, help="CSV to write (Parquet if it ends .parquet)")
+    p.add_argument("--topology", help="with --scada: energy balance against this JSON-lines "
+                   "topology (grid.topology records); rows to <output>.balance.csv")
+    p.add_argument("--scada", help="with --topology: the transformers' SCADA readings")
     p.add_argument(
         "--batch-size",
         type=int,

@@ -147,6 +147,24 @@ class ProcessingSettings(_Section):
         )
 
 
+class BalanceSettings(_Section):
+    enabled: bool = Field(
+        False, description="`gridstream run` also balances transformers against their meters"
+    )
+    topology_topic: str = Field(
+        "grid.topology", description="compacted topic of meter/transformer/feeder links"
+    )
+    internal_topic: str = Field(
+        "gridstream.balance.readings",
+        description="readings re-keyed by their transformer (the balance's second stage)",
+    )
+    interval_s: int = Field(900, gt=0, description="balance interval")
+    lateness_s: int = Field(3600, ge=0, description="readings this far behind still count")
+    checkpoint_every: int = Field(
+        20, gt=0, description="balance state is checkpointed every this many batches"
+    )
+
+
 class Settings(BaseSettings):
     """Every setting of ``gridstream run``; docs/configuration.md is generated from the field
     descriptions (``python -m streams.config_doc``)."""
@@ -164,6 +182,7 @@ class Settings(BaseSettings):
     topics: TopicSettings = TopicSettings()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     processing: ProcessingSettings = ProcessingSettings()
+    balance: BalanceSettings = BalanceSettings()
     http_port: int = Field(8000, ge=0, le=65535, description="0 disables the HTTP server")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="log level"

@@ -167,6 +167,9 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("dropped", Counter, "readings_dropped",
                "Readings dropped without a dead letter (exact redeliveries), by reason.",
                ("reason",), preset=_each("duplicate")),
+    MetricSpec("balance", Counter, "balance_records",
+               "Energy balance stage: readings forwarded, consumed, replayed, late, unmapped or "
+               "undecodable; rows and events written; checkpoints and restores.", ("what",)),
     # -- Kafka consumer
     MetricSpec("lag", Gauge, "consumer_lag",
                "Records between the consumer position and the partition's high watermark.",

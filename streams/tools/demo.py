@@ -35,6 +35,7 @@ from streams.service import Assembly, build_service
 from streams.sim.generator import SimConfig
 from streams.sim.producer import SimStats, run_simulator
 from streams.tools.broker import EmbeddedBroker
+from streams.tools.demo_balance import BalanceDemo, balance_events
 from streams.tools.report import ReportSummary
 from streams.tools.report_input import load_labels
 
@@ -141,10 +142,14 @@ def run_demo(
             f"replaying {BACKFILL_DAYS} days of telemetry from {meters} meters and {assets} "
             f"SCADA assets with injected anomalies, for about {seconds:.0f} s\n"
         )
+        balance = BalanceDemo(settings, sink, int(started * 1000))
+        balance.start()
         parts.start(started, seconds)
         _show_progress(write, state, parts, stop, started, seconds)
         parts.finish(state, seconds)
+        balance.finish(max(10.0, 0.5 * seconds))
         backend_summary = _clickhouse_counts(sink)
+        balance_rows = balance_events(sink)
         report = _report(backend, settings, state, labels_file, write)
         backend.close()
         if server is not None:
@@ -153,6 +158,7 @@ def run_demo(
         raise parts.error[0]
     sim = parts.sim_result[0] if parts.sim_result else None
     _summary(write, state, sim, labels_file, backend_summary, time.time() - started, settings)
+    balance.summary(write, balance_rows)
     if report is not None:
         write(f"\n{report.line()}\nopen it in a browser (it works offline): {report.path}")
         write(f"again, or for other entities and times: gridstream report --since 8d --labels "

@@ -20,7 +20,7 @@ def test_the_configuration_reference_is_generated_from_the_settings() -> None:
 
 def test_the_reference_names_every_environment_variable() -> None:
     text = config_doc.DOC.read_text()
-    names = ("KAFKA", "SCHEMA_REGISTRY", "TOPICS", "CLICKHOUSE", "PROCESSING")
+    names = ("KAFKA", "SCHEMA_REGISTRY", "TOPICS", "CLICKHOUSE", "PROCESSING", "BALANCE")
     sections = {f"GRIDSTREAM_{s}" for s in names}
     for name in env_names() - sections:  # a whole section as one JSON value is not listed
         assert f"`{name}`" in text, name
