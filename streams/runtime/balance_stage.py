@@ -30,7 +30,6 @@ import logging
 import os
 import threading
 import time
-import zlib
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +44,7 @@ from schemas.batch import AnomalyRecord, DeadLetterRecord, ForecastBatch
 from schemas.decode import METER, SCADA, decode_batch
 from sinks.clickhouse import ClickHouseSink
 from sinks.encode import OutRecord, encode_anomalies, encode_dead_letters
+from sinks.partitioner import partition_for
 from sinks.topics import TopicSink
 from streams.config import Settings
 from streams.runtime.failpoints import Failpoints
@@ -103,6 +103,7 @@ class BalanceStage:
         t, b = self.settings.topics, self.settings.balance
         if self.settings.kafka.processing_guarantee == "exactly_once":
             log.warning("balance outputs are at least once (ClickHouse counts them once)")
+        partition_for(b"", 1, self.settings.kafka.partitioner)  # refuses a random partitioner
         if self.settings.kafka.create_topics:
             ensure_balance_topics(self.settings)
         self._producer = TopicSink(Producer(self.settings.kafka.producer_config()))
@@ -229,8 +230,8 @@ class BalanceStage:
 
     # -- partitions and their state ----------------------------------------------------------
     def _owns(self, p: int):  # noqa: ANN202 - a predicate on parent ids
-        n = self.partitions
-        return lambda parent: zlib.crc32(parent.encode()) % n == p
+        n, partitioner = self.partitions, self.settings.kafka.partitioner
+        return lambda parent: partition_for(parent.encode(), n, partitioner) == p
 
     def _fresh(self, p: int) -> BalanceCore:
         self.cores[p] = BalanceCore(self.params, self.feed.topology, self._owns(p))
@@ -249,7 +250,11 @@ class BalanceStage:
                 tp.offset = position  # replay from the checkpoint to the commit
             elif done >= 0:
                 tp.offset = OFFSET_BEGINNING  # no state: rebuild from the start of the log
-        consumer.assign(committed)
+        # cooperative protocols add partitions to the assignment, eager ones replace it
+        if self.settings.kafka.assignment_strategy == "cooperative-sticky":
+            consumer.incremental_assign(committed)
+        else:
+            consumer.assign(committed)
         log.info(
             "balance: assigned %s, replaying below %s",
             [tp.partition for tp in parts],
@@ -304,8 +309,10 @@ def ensure_balance_topics(settings: Settings) -> None:
     existing = set(admin.list_topics(timeout=10).topics)
     compact = {"cleanup.policy": "compact"}
     wanted = [(b.internal_topic, {}), (b.topology_topic, compact)]
-    new = [
-        NewTopic(name, k.partitions, k.replication_factor, config=conf)
+    new = [  # replication -1: the broker's default, as for the other topics
+        NewTopic(
+            name, k.partitions, k.replication_factor or -1, config={**k.new_topic_config(), **conf}
+        )
         for name, conf in wanted
         if name not in existing
     ]

@@ -10,6 +10,7 @@ import orjson
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
+from sinks.partitioner import java_partition, murmur2
 from streams.config import Settings
 from streams.config_kafka import KafkaSettings
 from streams.ops.monitor import NullMonitor
@@ -20,38 +21,6 @@ from tests.integration.helpers import headers, produce, read_all
 pytestmark = pytest.mark.integration
 
 STEP_MS = 900_000
-
-
-def murmur2(data: bytes) -> int:
-    """``org.apache.kafka.common.utils.Utils.murmur2``, in 32-bit signed Java arithmetic."""
-    m, r = 0x5BD1E995, 24
-    mask = 0xFFFFFFFF
-    h = (0x9747B28C ^ len(data)) & mask
-    n4 = len(data) // 4
-    for i in range(n4):
-        k = int.from_bytes(data[i * 4 : i * 4 + 4], "little")
-        k = (k * m) & mask
-        k ^= k >> r
-        k = (k * m) & mask
-        h = (h * m) & mask
-        h ^= k
-    tail = data[n4 * 4 :]
-    if len(tail) == 3:
-        h ^= tail[2] << 16
-    if len(tail) >= 2:
-        h ^= tail[1] << 8
-    if len(tail) >= 1:
-        h ^= tail[0]
-        h = (h * m) & mask
-    h ^= h >> 13
-    h = (h * m) & mask
-    h ^= h >> 15
-    return h - (1 << 32) if h & 0x80000000 else h
-
-
-def java_partition(key: bytes, partitions: int) -> int:
-    """``BuiltInPartitioner.partitionForKey``: toPositive(murmur2(key)) % partitions."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def test_the_murmur2_here_is_javas() -> None:
