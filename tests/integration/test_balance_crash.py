@@ -83,8 +83,8 @@ def _reference() -> dict[tuple[str, int], tuple[float, float]]:
 
 @pytest.fixture
 def own_bootstrap(tmp_path: Path) -> Iterator[str]:
-    """A broker of this test's own: after the session's broker has served the tests before it,
-    its consumer groups rejoined too slowly for six lives (an open problem, see the README)."""
+    """A broker of this test's own, so the tests before it in the session leave no trace here
+    (on the shared broker the last life missed rows; the open defect is in docs/architecture.md)."""
     with EmbeddedBroker(log_path=tmp_path / "tansu.log") as running:
         yield running.bootstrap
 
