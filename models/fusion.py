@@ -80,12 +80,10 @@ def incidents(
     rank = np.where(warm, severity_rank(score, p), -1)
     over = warm & (score >= p.emit_threshold) & (rank >= 0)
     last_ts, last_rank = c["last_event_ts"][s], c["last_event_rank"][s]
-    # NO_TS: no incident yet (ts - NO_TS would overflow)
-    since = ts - np.where(last_ts == NO_TS, ts, last_ts)
-    ongoing = (last_ts != NO_TS) & (since < p.cooldown_s * 1000)
+    ongoing = _within_cooldown(last_ts, ts, p)
     news = over & ~(ongoing & (rank <= last_rank))
     # no news: at the threshold, anything while an incident is open, or no new high lately
-    echo = ((over | ongoing) & ~news) | (warm & ~news & ~_new_high(c, s, ts, score, warm, p))
+    echo = ~news & (over | ongoing | (warm & ~_new_high(c, s, ts, score, warm, p)))
     shown = np.where(echo, score * p.incident_discount, score)
     shown_rank = np.where(echo, severity_rank(shown, p), rank)
     c["last_event_ts"][s[over]] = ts[over]
@@ -107,10 +105,15 @@ def _new_high(
     ``news_margin`` (always, with a negative margin); updates that running high."""
     p = params
     peak, peak_ts = c["peak_score"][s], c["peak_ts"][s]
-    since = ts - np.where(peak_ts == NO_TS, ts, peak_ts)
-    recent = (peak_ts != NO_TS) & (since < p.cooldown_s * 1000)
+    recent = _within_cooldown(peak_ts, ts, p)
     prev = np.where(recent, peak, 0.0)
     up = warm & (~recent | (score > prev))
     c["peak_score"][s[up]] = score[up]
     c["peak_ts"][s[up]] = ts[up]
     return (p.news_margin < 0) | (score > prev + p.news_margin) | (score <= 0.0)
+
+
+def _within_cooldown(last_ts: np.ndarray, ts: np.ndarray, params: ProcessorParams) -> np.ndarray:
+    """Whether ``last_ts`` (``NO_TS``: never) lies less than ``cooldown_s`` before ``ts``."""
+    since = ts - np.where(last_ts == NO_TS, ts, last_ts)  # NO_TS would overflow the difference
+    return (last_ts != NO_TS) & (since < params.cooldown_s * 1000)

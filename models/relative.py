@@ -3,9 +3,10 @@
 Electric load has multiplicative noise: a meter's readings scatter by about the same *share* of
 the load at 03:00 as at 19:00, so an absolute residual scale learned over the day is too wide at
 night (a night-time step or a drop to zero hides in it) and too narrow at the peak. For an
-entity whose range has stayed at or above 0, the residual and the departure from the profile are
-therefore measured as ``log((v + eps) / (ref + eps))``, with ``eps`` a fixed share
-(``log_eps``) of the top of the entity's range, so values near 0 stay finite and a
+entity whose range has stayed at or above 0, the departure from the profile (and, with
+``ProcessorParams.relative`` set so, the one-step residual) is therefore measured as
+``log((v + eps) / (ref + eps))``, with ``eps`` a fixed share
+(``relative_eps``) of the top of the entity's range, so values near 0 stay finite and a
 drop to zero is a large but bounded departure. Entities that go negative (export, reactive
 power, temperatures below zero) keep absolute departures.
 
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from models.detectors import robust_z
+
 
 def log_ratio(
     c: dict[str, np.ndarray], s: np.ndarray, v: np.ndarray, ref: np.ndarray, eps_share: float
@@ -33,3 +36,24 @@ def log_ratio(
         r = np.log((np.maximum(v, 0.0) + eps) / (np.maximum(ref, 0.0) + eps))
     ok = relative & np.isfinite(r)
     return ok, np.where(ok, r, 0.0)
+
+
+def relative_z(
+    c: dict[str, np.ndarray],
+    s: np.ndarray,
+    v: np.ndarray,
+    ref: np.ndarray,
+    scale: np.ndarray,
+    eps_share: float,
+    on: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(z, r)``: the relative departure ``r`` of ``v`` from ``ref`` (NaN where the entity is
+    measured in absolute terms, or everywhere when ``on`` is false: nothing to compute or learn)
+    and ``r`` over its robust ``scale`` (NaN until that scale exists)."""
+    nan = np.full(v.shape, np.nan)
+    if not on:
+        return nan, nan
+    ok, r = log_ratio(c, s, v, ref, eps_share)
+    r = np.where(ok, r, np.nan)
+    z = robust_z(np.nan_to_num(r), scale, np.ones_like(v))
+    return np.where(ok & np.isfinite(scale), z, np.nan), r

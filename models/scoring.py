@@ -31,7 +31,7 @@ from models.novelty import overshoot_and_learn
 from models.nowcast import bucket_of, expected_value, steps_ahead, week_bucket_of
 from models.online import GatedHalfSpaceTrees
 from models.params import ProcessorParams
-from models.relative import log_ratio
+from models.relative import relative_z
 from models.state import NO_TS
 from schemas.batch import ReadingBatch
 
@@ -175,14 +175,12 @@ def _features(
     tod_ratio = np.where(prof_trusted & np.isfinite(tod_ratio), np.maximum(tod_ratio, 1.0), 1.0)
     zs = det.robust_z(dev_s, c["seasonal_scale"][s] * tod_ratio, level)
     # entities that never go negative: residual and departure in relative (log) terms
-    rel_r, lres = log_ratio(c, s, v, expected, p.relative_eps)
-    rel_s, ldev = log_ratio(c, s, v, np.where(prof_seen, prof, np.nan), p.relative_eps)
-    one = np.ones_like(v)
-    lscale, lsscale = c["lscale"][s], c["lsscale"][s]
-    use_r = (p.relative in ("residual", "both")) & rel_r & np.isfinite(lscale)
-    use_s = (p.relative in ("departure", "both")) & rel_s & np.isfinite(lsscale)
-    z = np.where(use_r, det.robust_z(lres, lscale, one), z)
-    zs = np.where(use_s, det.robust_z(ldev, lsscale, one), zs)
+    eps, mode = p.relative_eps, p.relative
+    zr, lres = relative_z(c, s, v, expected, c["lscale"][s], eps, mode in ("residual", "both"))
+    ref = np.where(prof_seen, prof, np.nan)
+    zd, ldev = relative_z(c, s, v, ref, c["lsscale"][s], eps, mode in ("departure", "both"))
+    z = np.where(np.isfinite(zr), zr, z)
+    zs = np.where(np.isfinite(zd), zd, zs)
     zs = np.where(prof_trusted & (c["seasonal_n"][s] >= p.warmup), zs, 0.0)
     same_value = seen & (v == c["last_value"][s])
     run = np.where(same_value, c["run"][s] + 1, 0)
@@ -226,6 +224,6 @@ def _features(
         week_dev,
         prof_trusted,
         weekly,
-        np.where(rel_r, lres, np.nan),
-        np.where(rel_s, ldev, np.nan),
+        lres,
+        ldev,
     )

@@ -33,3 +33,18 @@ class BalanceRows:
 
     def __len__(self) -> int:
         return len(self.parent_id)
+
+
+# the per-parent measures of a row (float64) and its counts, in the table's column order
+MEASURES: tuple[str, ...] = (
+    "parent_kwh",
+    "children_kwh",
+    "estimated_kwh",
+    "expected_loss_kwh",
+    "residual_kwh",
+    "loss_ratio",
+    "expected_ratio",
+    "deviation",
+    "log10p",
+)
+COUNTS: tuple[str, ...] = ("children", "missing", "alarm")

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
-from schemas.balance import BalanceRows
+from schemas.balance import MEASURES, BalanceRows
 from sinks.ddl_balance import ENERGY_BALANCE
 from sinks.rows import TS, _table
 
@@ -20,20 +20,7 @@ def energy_balance_table(rows: Sequence[BalanceRows], now_ms: int) -> pa.Table:
     """One row per parent and closed interval; ``written_at`` is ``now_ms``."""
     n = sum(len(r) for r in rows)
     starts = np.concatenate([np.full(len(r), r.interval_ms, dtype=np.int64) for r in rows])
-    floats = {
-        name: pa.array(_cat(rows, name), type=pa.float64())
-        for name in (
-            "parent_kwh",
-            "children_kwh",
-            "estimated_kwh",
-            "expected_loss_kwh",
-            "residual_kwh",
-            "loss_ratio",
-            "expected_ratio",
-            "deviation",
-            "log10p",
-        )
-    }
+    floats = {name: pa.array(_cat(rows, name), type=pa.float64()) for name in MEASURES}
     return _table(
         ENERGY_BALANCE,
         {

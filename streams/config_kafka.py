@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from sinks.partitioner import PARTITIONER
+
 InputFormat = Literal["auto", "json", "json_schema", "avro", "protobuf"]
 
 
@@ -75,7 +77,7 @@ class KafkaSettings(_Section):
     partitioner: Literal[
         "murmur2_random", "murmur2", "consistent_random", "consistent", "fnv1a_random", "random"
     ] = Field(
-        "murmur2_random",
+        PARTITIONER,
         description="how output keys map to partitions; murmur2_random is the Java client's, so "
         "Kafka Streams and Java consumers find an entity where they expect it",
     )

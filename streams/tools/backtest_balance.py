@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from models.balance import BalanceCore, BalanceOutput, BalanceParams
+from schemas.balance import COUNTS, MEASURES
 from schemas.batch import Rejection
 from streams.runtime.topology_feed import load_file
 from streams.tools.backtest import read_input, reading_batches, write_output
@@ -49,20 +50,7 @@ def balance_files(
 
 def rows_frame(out: BalanceOutput) -> pd.DataFrame:
     """The balance rows as a table with the ``energy_balance`` columns."""
-    names = (
-        "parent_kwh",
-        "children_kwh",
-        "estimated_kwh",
-        "expected_loss_kwh",
-        "residual_kwh",
-        "loss_ratio",
-        "expected_ratio",
-        "deviation",
-        "log10p",
-        "children",
-        "missing",
-        "alarm",
-    )
+    names = (*MEASURES, *COUNTS)
     frames = [
         pd.DataFrame(
             {

@@ -6,6 +6,10 @@ import time
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 
+from models.balance import BalanceCore, BalanceParams
+from models.topology import Topology
+from streams.sim.balance import BalanceSim, feed
+
 
 def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
@@ -76,3 +80,19 @@ def end_offsets(bootstrap: str, topic: str, partitions: int) -> list[int]:
 
 def headers(msg: Message) -> dict[str, bytes]:
     return dict(msg.headers() or [])
+
+
+def offline_balance(
+    sim: BalanceSim, days: int, lateness_s: int
+) -> dict[tuple[str, int], tuple[float, float]]:
+    """What the pure balance core computes from ``sim``'s whole run, keyed like the stored rows:
+    ``(parent, interval start) -> (parent kWh, children kWh)``, rounded to 6 places."""
+    topo = Topology()
+    topo.apply(list(enumerate(sim.topology())))
+    core = BalanceCore(BalanceParams(lateness_s=lateness_s), topo)
+    rows = [r for i in range(days * 96) for r in feed(core, sim.interval(i)).rows]
+    return {
+        (p, r.interval_ms): (round(a, 6), round(b, 6))
+        for r in rows
+        for p, a, b in zip(r.parent_id, r.parent_kwh, r.children_kwh, strict=True)
+    }

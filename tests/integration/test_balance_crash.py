@@ -17,13 +17,11 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from models.balance import BalanceCore, BalanceParams
-from models.topology import Topology
 from sinks.clickhouse_backend import ChdbBackend
-from streams.sim.balance import BalanceSim, BalanceSimConfig, encode, encode_topology, feed
+from streams.sim.balance import BalanceSim, BalanceSimConfig, encode, encode_topology
 from streams.tools.broker import EmbeddedBroker
 from tests.chserver import PASSWORD, USER
-from tests.integration.helpers import produce
+from tests.integration.helpers import offline_balance, produce
 
 # six lives and a drain: longer than the suite's per-test bound
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -66,19 +64,6 @@ def _sim() -> BalanceSim:
     day = 86_400_000
     start = (int(time.time() * 1000) // day - DAYS - 1) * day
     return BalanceSim(BalanceSimConfig(transformers=3, days=DAYS, seed=9, case_share=0.0), start)
-
-
-def _reference() -> dict[tuple[str, int], tuple[float, float]]:
-    sim = _sim()
-    topo = Topology()
-    topo.apply(list(enumerate(sim.topology())))
-    core = BalanceCore(BalanceParams(lateness_s=LATENESS_S), topo)
-    rows = [r for i in range(DAYS * 96) for r in feed(core, sim.interval(i)).rows]
-    return {
-        (p, r.interval_ms): (round(a, 6), round(b, 6))
-        for r in rows
-        for p, a, b in zip(r.parent_id, r.parent_kwh, r.children_kwh, strict=True)
-    }
 
 
 @pytest.fixture
@@ -134,7 +119,7 @@ def test_kill_9_while_balancing_leaves_the_rows_of_an_uninterrupted_run(
         proc.wait(timeout=30)
         log.close()
     send(bootstrap, env, sim, cuts[LIVES], cuts[LIVES + 1])
-    want = _reference()
+    want = offline_balance(_sim(), DAYS, LATENESS_S)
     proc = subprocess.Popen(GRIDSTREAM, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300  # a bound, not a target: it ends when all rows are in
     while time.monotonic() < deadline and len(stored()) < len(want):

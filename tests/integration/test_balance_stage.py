@@ -11,16 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.balance import BalanceCore, BalanceParams
-from models.topology import Topology
 from sinks.clickhouse import ClickHouseSink
 from sinks.clickhouse_backend import ChdbBackend
 from streams.config import BalanceSettings, Settings
 from streams.runtime.balance_stage import BalanceStage, ensure_balance_topics
 from streams.runtime.runner import ensure_topics
-from streams.sim.balance import BalanceSim, BalanceSimConfig, encode, encode_topology, feed
+from streams.sim.balance import BalanceSim, BalanceSimConfig, encode, encode_topology
 from tests.integration.conftest import make_settings, wait_until
-from tests.integration.helpers import produce
+from tests.integration.helpers import offline_balance, produce
 
 pytestmark = pytest.mark.integration
 
@@ -78,19 +76,6 @@ def _live(settings: Settings, sink: ClickHouseSink, sim: BalanceSim, first: int,
     return stage
 
 
-def _reference() -> dict[tuple[str, int], tuple[float, float]]:
-    sim = _sim()
-    topo = Topology()
-    topo.apply(list(enumerate(sim.topology())))
-    core = BalanceCore(BalanceParams(lateness_s=LATENESS_S), topo)
-    rows = [r for i in range(DAYS * 96) for r in feed(core, sim.interval(i)).rows]
-    return {
-        (p, r.interval_ms): (round(a, 6), round(b, 6))
-        for r in rows
-        for p, a, b in zip(r.parent_id, r.parent_kwh, r.children_kwh, strict=True)
-    }
-
-
 def _stored(sink: ClickHouseSink) -> dict[tuple[str, int], tuple[float, float]]:
     got = sink.query(
         f"SELECT parent_id, toUnixTimestamp64Milli(interval_start), parent_kwh, children_kwh "
@@ -123,7 +108,7 @@ def test_the_live_balance_equals_the_offline_core_and_resumes_after_a_restart(
     # a new life: restores its checkpoints, replays what came after them
     second = _live(settings, sink, sim, DAYS * 96 // 2, DAYS * 96)
     assert second.counters["balance_restores"] > 0, (second.counters, list(tmp_path.rglob("*")))
-    want, got = _reference(), _stored(sink)
+    want, got = offline_balance(_sim(), DAYS, LATENESS_S), _stored(sink)
     assert got == want
     assert len(want) > 3 * 96
     total = first.counters["balance_rows"] + second.counters["balance_rows"]

@@ -80,15 +80,12 @@ def _settings(bootstrap: str, unique: str, chdb_path: Path, **registry: object) 
     return base.model_copy(update={"schema_registry": SchemaRegistrySettings(**registry)})
 
 
-def test_avro_json_schema_and_protobuf_readings_are_scored_end_to_end(
-    bootstrap: str, unique: str, chdb_path: Path, registry: SchemaRegistryServer
-) -> None:
-    settings = _settings(
-        bootstrap, unique, chdb_path, url=registry.url, output_format="json_schema"
-    )
+def _run_on_framed(
+    settings: Settings, bootstrap: str, url: str
+) -> tuple[StreamRunner, dict[str, int]]:
+    """Produce the framed readings of every format, run the processor until it consumed them."""
     ensure_topics(settings)
-    now_ms = int(time.time() * 1000)
-    sent = _produce_framed(bootstrap, registry.url, settings.topics.meter, now_ms)
+    sent = _produce_framed(bootstrap, url, settings.topics.meter, int(time.time() * 1000))
     runner = StreamRunner(settings)
     with RunnerThread(runner) as running:
         wait_until(
@@ -96,6 +93,16 @@ def test_avro_json_schema_and_protobuf_readings_are_scored_end_to_end(
             lambda: runner.stats.counters["consumed"] >= sum(sent.values()),
             check=running.check,
         )
+    return runner, sent
+
+
+def test_avro_json_schema_and_protobuf_readings_are_scored_end_to_end(
+    bootstrap: str, unique: str, chdb_path: Path, registry: SchemaRegistryServer
+) -> None:
+    settings = _settings(
+        bootstrap, unique, chdb_path, url=registry.url, output_format="json_schema"
+    )
+    runner, sent = _run_on_framed(settings, bootstrap, registry.url)
     assert runner.stats.counters["dead_letters"] == 0
     assert runner.stats.counters["scored"] + runner.stats.counters["warming_up"] == 48
     # forecasts are framed with the registered forecast schema, readable by JSONDeserializer
@@ -120,15 +127,7 @@ def test_without_a_registry_framed_readings_are_dead_lettered_saying_so(
     bootstrap: str, unique: str, chdb_path: Path, registry: SchemaRegistryServer
 ) -> None:
     settings = _settings(bootstrap, unique, chdb_path)  # no registry URL
-    ensure_topics(settings)
-    sent = _produce_framed(bootstrap, registry.url, settings.topics.meter, int(time.time() * 1000))
-    runner = StreamRunner(settings)
-    with RunnerThread(runner) as running:
-        wait_until(
-            "every framed reading consumed",
-            lambda: runner.stats.counters["consumed"] >= sum(sent.values()),
-            check=running.check,
-        )
+    _run_on_framed(settings, bootstrap, registry.url)
     dead = read_all(bootstrap, settings.topics.dead_letters, expect=48)
     reasons = Counter(headers(m)["__connect.errors.exception.class.name"].decode() for m in dead)
     assert reasons == {"schema_registry_not_configured": 48}
@@ -174,8 +173,9 @@ def test_each_topic_format_takes_only_its_own_records(
         assert out == [None] and rejected[0].error_class == reason
 
 
-def test_an_unreachable_registry_is_retried_not_dead_lettered(registry: SchemaRegistryServer
-                                                               ) -> None:
+def test_an_unreachable_registry_is_retried_not_dead_lettered(
+    registry: SchemaRegistryServer,
+) -> None:
     framed = _framed(registry.url, "t", "avro")
     down = Unframer(SchemaRegistrySettings(url="http://127.0.0.1:9"), {"t": "meter"})
     with pytest.raises(RegistryUnavailable, match="unreachable"):
@@ -191,8 +191,8 @@ def test_the_endpoint_checks_compatibility_as_the_registry_does(
     client = SchemaRegistryClient({"url": registry.url})
     v1 = METER_AVRO
     added_optional = METER_AVRO.replace(
-        '{"name":"quality"', '{"name":"site","type":["null","string"],"default":null},'
-        '{"name":"quality"'
+        '{"name":"quality"',
+        '{"name":"site","type":["null","string"],"default":null},{"name":"quality"',
     )
     added_required = METER_AVRO.replace(
         '{"name":"quality"', '{"name":"site","type":"string"},{"name":"quality"'
@@ -212,8 +212,9 @@ def _as_reading(value: bytes) -> tuple:
     """What the contract makes of a value: (entity, ts ms, kw, voltage), or its rejection."""
     from schemas.decode import decode_batch
 
-    out = decode_batch([value], ["meter"], now_ms=1_700_000_100_000, max_age_ms=10**12,
-                       max_future_ms=10**6)
+    out = decode_batch(
+        [value], ["meter"], now_ms=1_700_000_100_000, max_age_ms=10**12, max_future_ms=10**6
+    )
     if out.rejections:
         return (out.rejections[0].error_class,)
     r = out.readings
@@ -246,8 +247,7 @@ def test_the_shortcuts_read_what_confluent_kafkas_deserializers_read(
     framed = ser(scada, SerializationContext("s", MessageField.VALUE))
     two = Unframer(SchemaRegistrySettings(url=registry.url), {"s": "scada"})
     (plain,), _ = two.unframe([framed], ["s"])
-    assert orjson.loads(plain) == {"asset_id": "tx-1", "asset_kind": "feeder", "ts": 1,
-                                   "p_mw": 0.5}
+    assert orjson.loads(plain) == {"asset_id": "tx-1", "asset_kind": "feeder", "ts": 1, "p_mw": 0.5}
 
 
 def test_output_subjects_are_registered_or_looked_up_with_the_configured_compatibility(
@@ -257,12 +257,14 @@ def test_output_subjects_are_registered_or_looked_up_with_the_configured_compati
     from streams.runtime.registry import output_frames
 
     topics = TopicSettings(forecasts="fc", anomalies="an")
-    lookup_only = SchemaRegistrySettings(url=registry.url, output_format="json_schema",
-                                         auto_register=False)
+    lookup_only = SchemaRegistrySettings(
+        url=registry.url, output_format="json_schema", auto_register=False
+    )
     with pytest.raises(ConfigError, match="subject fc-value"):
         output_frames(lookup_only, topics)  # a managed registry without our subjects
-    register = SchemaRegistrySettings(url=registry.url, output_format="json_schema",
-                                      compatibility="FULL")
+    register = SchemaRegistrySettings(
+        url=registry.url, output_format="json_schema", compatibility="FULL"
+    )
     frames = output_frames(register, topics)
     client = SchemaRegistryClient({"url": registry.url})
     assert client.get_compatibility("fc-value") == "FULL"
@@ -285,18 +287,24 @@ def test_an_avro_writer_schema_of_its_own_is_read_by_its_logical_types(
     registry: SchemaRegistryServer, logical: str, ts: int, want: int
 ) -> None:
     """A producer's own schema (another namespace, micros, an extra field) reads correctly."""
-    schema = orjson.dumps({
-        "type": "record", "name": "Reading", "namespace": "utility.ami",
-        "fields": [
-            {"name": "meter_id", "type": "string"},
-            {"name": "ts", "type": {"type": "long", "logicalType": logical}},
-            {"name": "kw", "type": "double"},
-            {"name": "firmware", "type": "string"},
-        ],
-    }).decode()
+    schema = orjson.dumps(
+        {
+            "type": "record",
+            "name": "Reading",
+            "namespace": "utility.ami",
+            "fields": [
+                {"name": "meter_id", "type": "string"},
+                {"name": "ts", "type": {"type": "long", "logicalType": logical}},
+                {"name": "kw", "type": "double"},
+                {"name": "firmware", "type": "string"},
+            ],
+        }
+    ).decode()
     ser = AvroSerializer(SchemaRegistryClient({"url": registry.url}), schema)
-    framed = ser({"meter_id": "m-7", "ts": ts, "kw": 3.5, "firmware": "4.2"},
-                 SerializationContext("u", MessageField.VALUE))
+    framed = ser(
+        {"meter_id": "m-7", "ts": ts, "kw": 3.5, "firmware": "4.2"},
+        SerializationContext("u", MessageField.VALUE),
+    )
     unframer = Unframer(SchemaRegistrySettings(url=registry.url), {"u": "meter"})
     (plain,), rejected = unframer.unframe([framed], ["u"])
     assert rejected == {}

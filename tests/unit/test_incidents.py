@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from models import fusion
 from models.params import ProcessorParams
+from models.state import NO_TS
 from streams.sim.generator import SimConfig
 from streams.tools.backtest import backtest_values
 from tests.unit.builders import simulated_records
@@ -51,16 +53,8 @@ def test_the_echo_of_an_incident_is_shown_discounted() -> None:
     """After an event, the readings of the open incident that are no news (the change still
     echoing in averages and sums) are shown at ``incident_discount`` of their score, below the
     threshold or above it; a step up in severity is news and keeps its score."""
-    from models import fusion
-    from models.state import NO_TS
-
     p = ProcessorParams()
-    c = {
-        "last_event_ts": np.array([NO_TS]),
-        "last_event_rank": np.array([-1]),
-        "peak_score": np.array([0.0]),
-        "peak_ts": np.array([NO_TS]),
-    }
+    c = _one_entity()
     s, warm = np.array([0]), np.array([True])
     step = 900_000
     shown = []
@@ -83,16 +77,8 @@ def test_the_echo_of_an_incident_is_shown_discounted() -> None:
 def test_between_incidents_only_a_new_high_is_shown_in_full() -> None:
     """A run of similar sub-threshold scores shows as one moment; a clearly higher one shows,
     and crossing the threshold is an event whatever came before."""
-    from models import fusion
-    from models.state import NO_TS
-
     p = ProcessorParams()
-    c = {
-        "last_event_ts": np.array([NO_TS]),
-        "last_event_rank": np.array([-1]),
-        "peak_score": np.array([0.0]),
-        "peak_ts": np.array([NO_TS]),
-    }
+    c = _one_entity()
     s, warm, d = np.array([0]), np.array([True]), p.incident_discount
     out = []
     for i, score in enumerate([0.30, 0.32, 0.40, 0.41, 0.52]):
@@ -105,3 +91,13 @@ def test_between_incidents_only_a_new_high_is_shown_in_full() -> None:
         (round(0.41 * d, 3), False),
         (0.52, True),  # the threshold crossed: an event, shown in full
     ]
+
+
+def _one_entity() -> dict[str, np.ndarray]:
+    """The incident columns of one entity that has seen nothing yet."""
+    return {
+        "last_event_ts": np.array([NO_TS]),
+        "last_event_rank": np.array([-1]),
+        "peak_score": np.array([0.0]),
+        "peak_ts": np.array([NO_TS]),
+    }
