@@ -60,6 +60,8 @@ CANDIDATES: dict[str, list[str]] = {
     "every-score-shown": ["news_margin=-1"],
     "no-residual": [_without("residual")],
     "no-stuck": [_without("stuck")],
+    "one-profile-every-day": ["weekend_days="],
+    "flat-residual-scale": ["tod_residual=0"],
 }
 
 

@@ -96,6 +96,8 @@ def overrides(items: list[str]) -> dict[str, object]:
         old = getattr(defaults, name)
         if isinstance(old, tuple) and all(isinstance(x, str) for x in old):
             changes[name] = tuple(x for x in value.split(",") if x)  # e.g. detectors=a,b
+        elif isinstance(old, tuple):
+            changes[name] = tuple(int(x) for x in value.split(",") if x)  # e.g. weekend_days=5,6
         elif isinstance(old, str):
             changes[name] = value
         else:

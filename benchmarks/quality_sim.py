@@ -13,6 +13,7 @@ anomaly kind). Nowcast: MAPE, WAPE, MAE and p10-p90 coverage per horizon, for me
 SCADA assets (``models.evaluation.ForecastTracker``).
 
     python benchmarks/quality_sim.py [--quick] [--json FILE] [--days N] [--meters N] [--assets N]
+                                     [--seed N] [--anomaly-rate PER_DAY]
 
 Writes ``benchmarks/results/quality_sim.json``.
 """
@@ -103,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--meters", type=int, default=300)
     ap.add_argument("--assets", type=int, default=30)
     ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument(
+        "--anomaly-rate",
+        type=float,
+        default=SimConfig().anomaly_rate_per_day,
+        help="anomalies started per entity and day (the simulator's default: one every 2 days)",
+    )
     ap.add_argument("--json", type=Path, default=RESULTS / "quality_sim.json")
     ap.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     ap.add_argument(
@@ -115,7 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.days, args.meters, args.assets = 5.0, 60, 10
-    config = SimConfig(meters=args.meters, assets=args.assets, seed=args.seed)
+    config = SimConfig(
+        meters=args.meters,
+        assets=args.assets,
+        seed=args.seed,
+        anomaly_rate_per_day=args.anomaly_rate,
+    )
     params = replace(ProcessingSettings().params(), **overrides(args.param))
 
     started = time.perf_counter()

@@ -1,9 +1,10 @@
 """The simulator's detection figures over several seeds: mean and spread, per kind and entity kind.
 
 Runs ``quality_sim.py`` once per seed (seeds other than the tuning seed 11) and summarises at the
-alerting threshold (events at the info severity).
+alerting threshold (events at the info severity). Seed 4242 is not among the defaults: its false
+alarms were looked at while the day types were built, so it is no longer untouched.
 
-    python -m benchmarks.sim_seeds [--seeds 4242 4243 4244 4245 4246] [--json FILE]
+    python -m benchmarks.sim_seeds [--seeds 4243 4244 4245 4246 4247] [--json FILE]
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def _spread(values: list[float]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[4242, 4243, 4244, 4245, 4246])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[4243, 4244, 4245, 4246, 4247])
     ap.add_argument("--json", type=Path, default=RESULTS / "quality_sim_seeds.json")
     args = ap.parse_args(argv)
     runs = []

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from models.daytype import offset_now
 from models.features import FEATURE_NAMES, forecast_features, reference_scale
 from models.nowcast import (
     MODEL_NAME,
     MODEL_VERSION,
     Z10,
-    bucket_of,
     expected_value,
     interval_sigma,
     steps_ahead,
@@ -104,15 +104,8 @@ class Forecaster:
         for i, h in enumerate(p.horizons_s):
             tgt = ts + h * 1000
             steps = steps_ahead(np.full(rows.size, h * 1000.0), c["interval_ms"][s], p)
-            b = bucket_of(tgt, p)
-            p50 = expected_value(
-                c["profile"][s, b],
-                c["profile_n"][s, b] > 0,
-                c["deviation"][s],
-                c["level"][s],
-                steps,
-                p,
-            )
+            prof, seen, off = offset_now(c, s, tgt, p)
+            p50 = expected_value(prof + off, seen, c["deviation"][s], c["level"][s], steps, p)
             sigma = interval_sigma(c["scale"][s], c["seasonal_scale"][s], steps, p)
             sigma = np.where(np.isfinite(sigma), sigma, 0.0)
             if learned or self.recorder is not None:

@@ -24,7 +24,11 @@ class Observed:
     seen: np.ndarray
     delta: np.ndarray
     bucket: np.ndarray
-    prof: np.ndarray
+    prof: np.ndarray  # the time-of-day profile before this reading
+    dev_d: np.ndarray  # departure from the day type's shape (profile plus offset)
+    day_off: np.ndarray  # that shape's offset from the time-of-day profile
+    deviation: np.ndarray  # the last departure from the shape, rebased on today's estimates
+    own_day: np.ndarray  # a weekend hour with its own shape: not the weekday profile's to learn
     prof_seen: np.ndarray
     level: np.ndarray
     steps: np.ndarray
@@ -56,7 +60,7 @@ def learn(p: ProcessorParams, c: dict[str, np.ndarray], o: Observed) -> None:
     s_n = c["seasonal_n"][s]
     c["seasonal_scale"][s] = np.where(
         prof_seen,
-        _robust_scale(sscale, np.abs(dev_s), _warm_rate(s_n, p.scale_rate), s_n >= p.warmup),
+        _robust_scale(sscale, np.abs(o.dev_d), _warm_rate(s_n, p.scale_rate), s_n >= p.warmup),
         sscale,
     )
     c["seasonal_n"][s] = s_n + prof_seen
@@ -67,8 +71,10 @@ def learn(p: ProcessorParams, c: dict[str, np.ndarray], o: Observed) -> None:
     )
     n_b = c["profile_n"][s, bucket].astype(np.float64)
     rate = np.maximum(1.0 / (n_b + 1.0), p.profile_rate)
-    c["profile"][s, bucket] = np.where(prof_seen, prof + rate * (learn_v - prof), v)
-    c["profile_n"][s, bucket] = np.minimum(n_b + 1, 65535).astype(np.uint16)
+    shared = ~o.own_day  # a weekend hour with its own shape is the weekly departures' to learn
+    new_prof = np.where(prof_seen, prof + rate * (learn_v - prof), v)
+    c["profile"][s, bucket] = np.where(shared, new_prof, prof)
+    c["profile_n"][s, bucket] = np.minimum(n_b + shared, 65535).astype(np.uint16)
     tod = o.tod_scale
     c["resid_prof"][s, bucket] = np.where(
         warm,
@@ -90,10 +96,11 @@ def learn(p: ProcessorParams, c: dict[str, np.ndarray], o: Observed) -> None:
     )
     c["week_n"][s, wb] = np.where(trusted, np.minimum(w_n + 1, 65535), w_n).astype(np.uint16)
     c["week_start"][s] = np.where(trusted & (c["week_start"][s] == NO_TS), ts, c["week_start"][s])
-    decayed = c["deviation"][s] * p.deviation_decay**steps
+    decayed = o.deviation * p.deviation_decay**steps
     c["deviation"][s] = np.where(
-        prof_seen, decayed + p.deviation_rate * ((v - prof) - decayed), 0.0
+        prof_seen, decayed + p.deviation_rate * ((v - prof - o.day_off) - decayed), 0.0
     )
+    c["day_off"][s] = o.day_off
     c["level"][s] = _ewma(level, v, 0.3)
     interval = c["interval_ms"][s]
     regular = seen & (delta > 0) & ~(np.isfinite(interval) & (delta > 10.0 * interval))

@@ -31,6 +31,7 @@ class ProcessorParams:
     deviation_rate: float = 0.5  # how fast the nowcast follows departures from the profile
     deviation_decay: float = 0.85  # per expected step, how much departure persists ahead
     scale_rate: float = 0.05  # EWMA of absolute residuals (the residual scale)
+    tod_residual: bool = True  # the residual scale follows its time of day (0.5x to 4x)
     channel_rate: float = 0.05  # EWMA of secondary channels (voltage, current, ...)
     warmup: int = 12  # readings an entity needs before it is scored
     seasonal_min_days: int = 3  # observations of a time-of-day bucket before departures count
@@ -52,6 +53,10 @@ class ProcessorParams:
     lvl_min: int = 300  # readings behind the level detector's long-run statistics before it scores
     nov_out_rate: float = 0.02  # how far a reading outside the range pulls the bound out
     nov_in_rate: float = 0.002  # how fast the range's bounds creep towards its middle
+    # days of the week (0 = Monday) whose hours get their own expected shape, an offset from
+    # the other days' profile (models.daytype); () for one profile every day
+    weekend_days: tuple[int, ...] = (5, 6)
+    weekend_min_shift: float = 3.0  # ... for hours whose offset is this many seasonal scales
     weekly_min_weeks: int = 2  # weeks of departures before the level detector adjusts by weekday
     weekly_rate: float = 0.3  # weight of the newest week in an hour-of-week bucket
     hst_trees: int = 15
@@ -116,6 +121,11 @@ class ProcessorParams:
             rate = getattr(self, name)
             if not 0.0 < rate <= 1.0:
                 raise ValueError(f"{name} must be in (0, 1], got {rate}")
+        if any(d not in range(7) for d in self.weekend_days) or len(self.weekend_days) > 5:
+            raise ValueError(
+                f"weekend_days must be at most 5 days of the week, 0 (Monday) to 6, "
+                f"got {self.weekend_days}"
+            )
         if self.relative not in RELATIVE_MODES:
             raise ValueError(f"relative must be one of {RELATIVE_MODES}, got {self.relative!r}")
         if not 0.0 < self.incident_discount < 1.0:

@@ -25,6 +25,7 @@ import numpy as np
 
 from models import detectors as det
 from models import tails
+from models.daytype import offset_now, rebased_deviation
 from models.learning import Observed
 from models.likelihood import score_and_learn as likelihood_stats
 from models.novelty import overshoot_and_learn
@@ -99,7 +100,11 @@ def score_round(
         seen=seen,
         delta=o.delta,
         bucket=o.bucket,
-        prof=f["prof"],
+        prof=o.tod_prof,
+        dev_d=o.dev_d,
+        day_off=o.day_off,
+        deviation=o.deviation,
+        own_day=o.own_day,
         prof_seen=f["prof_seen"],
         level=o.level,
         steps=o.steps,
@@ -141,6 +146,11 @@ class _Features:
     weekly: np.ndarray
     lres: np.ndarray  # relative residual (NaN for entities measured in absolute terms)
     ldev: np.ndarray  # relative departure from the profile (likewise)
+    tod_prof: np.ndarray  # the time-of-day profile alone (what the profile learns from)
+    day_off: np.ndarray  # the day type's offset from it at this reading
+    deviation: np.ndarray  # the last departure, against today's estimate of its shape
+    dev_d: np.ndarray  # departure from the day type's profile
+    own_day: np.ndarray  # a weekend hour with its own shape (models.daytype)
 
 
 def _features(
@@ -155,25 +165,28 @@ def _features(
 ) -> _Features:
     """Expected value, residuals and standardised departures against the state before."""
     bucket = bucket_of(ts, p)
-    prof = c["profile"][s, bucket].astype(np.float64)
-    prof_n = c["profile_n"][s, bucket]
-    prof_seen = prof_n > 0
-    prof_trusted = prof_n >= p.seasonal_min_days
+    tod_prof, prof_seen, day_off = offset_now(c, s, ts, p)
+    own_day = day_off != 0.0  # a weekend hour with its own shape: not the profile's to learn
+    prof = tod_prof + day_off  # this day type's expected shape
+    prof_trusted = c["profile_n"][s, bucket] >= p.seasonal_min_days
     level = c["level"][s]
     delta = np.where(seen, ts - c["last_ts"][s], 0).astype(np.float64)
     steps = steps_ahead(delta, c["interval_ms"][s], p)
-    expected = expected_value(prof, prof_seen, c["deviation"][s], level, steps, p)
+    deviation = rebased_deviation(c, s, seen, p)
+    expected = expected_value(prof, prof_seen, deviation, level, steps, p)
     resid = v - expected
-    z = det.robust_z(resid, c["scale"][s], level)
-    dev_s = np.where(prof_seen, v - prof, 0.0)
-    # Departures from the profile are wider where the one-step noise is (ramps and peaks of a
-    # load whose noise grows with it): widen the seasonal scale by how much this bucket's
-    # residual scale exceeds the entity's long-run one, so a ramp is not a level shift.
+    dev_s = np.where(prof_seen, v - tod_prof, 0.0)  # what the weekly departures learn
+    dev_d = np.where(prof_seen, v - prof, 0.0)  # the departure from this day type's shape
+    # Noise grows with the load (ramps and peaks): this bucket's residual scale against the
+    # entity's long-run one. It widens the seasonal scale, so a ramp is not a level shift, and
+    # scales the one-step residual both ways: a quiet night is judged by its own quiet.
     tod_scale = c["resid_prof"][s, bucket].astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         tod_ratio = tod_scale / c["err_scale"][s]
-    tod_ratio = np.where(prof_trusted & np.isfinite(tod_ratio), np.maximum(tod_ratio, 1.0), 1.0)
-    zs = det.robust_z(dev_s, c["seasonal_scale"][s] * tod_ratio, level)
+    tod_ratio = np.where(prof_trusted & np.isfinite(tod_ratio), tod_ratio, 1.0)
+    resid_ratio = np.clip(tod_ratio, 0.5, 4.0) if p.tod_residual else 1.0
+    z = det.robust_z(resid, c["scale"][s] * resid_ratio, level)
+    zs = det.robust_z(dev_d, c["seasonal_scale"][s] * np.maximum(tod_ratio, 1.0), level)
     # entities that never go negative: residual and departure in relative (log) terms
     eps, mode = p.relative_eps, p.relative
     zr, lres = relative_z(c, s, v, expected, c["lscale"][s], eps, mode in ("residual", "both"))
@@ -226,4 +239,9 @@ def _features(
         weekly,
         lres,
         ldev,
+        tod_prof,
+        day_off,
+        deviation,
+        dev_d,
+        own_day,
     )

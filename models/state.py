@@ -24,7 +24,8 @@ _SCALARS: dict[str, tuple[type, float]] = {
     "last_value": (np.float64, np.nan),
     "interval_ms": (np.float64, np.nan),  # EWMA of the sampling interval
     "level": (np.float64, np.nan),  # EWMA of the value, the fallback baseline
-    "deviation": (np.float64, 0.0),  # EWMA of value minus seasonal profile
+    "deviation": (np.float64, 0.0),  # EWMA of value minus seasonal profile (day type's shape)
+    "day_off": (np.float64, 0.0),  # the day-type offset in that shape at the last reading
     "scale": (np.float64, np.nan),  # EWMA of |one-step residual|
     "seasonal_scale": (np.float64, np.nan),  # EWMA of |value - profile|
     "seasonal_n": (np.int64, 0),  # observations behind seasonal_scale

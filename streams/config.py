@@ -119,6 +119,11 @@ class ProcessingSettings(_Section):
         3600, ge=0, description="one event per entity per cooldown unless the severity rises"
     )
     warmup: int = Field(12, ge=1, description="readings an entity needs before it is scored")
+    weekend_days: tuple[int, ...] = Field(
+        (5, 6),
+        description="days of the week (0 = Monday, UTC) with their own expected shape once "
+        "seen; [] for one profile every day (a JSON list in the environment)",
+    )
     models_dir: Path | None = Field(
         None, description="model store from `gridstream train`; its promoted set is served"
     )
@@ -138,12 +143,20 @@ class ProcessingSettings(_Section):
         "up again)",
     )
 
+    @field_validator("weekend_days")
+    @classmethod
+    def _days_of_the_week(cls, days: tuple[int, ...]) -> tuple[int, ...]:
+        if any(d not in range(7) for d in days) or len(set(days)) != len(days) or len(days) > 5:
+            raise ValueError(f"at most 5 distinct days, 0 (Monday) to 6 (Sunday), got {list(days)}")
+        return days
+
     def params(self) -> ProcessorParams:
         return ProcessorParams(
             horizons_s=tuple(self.horizons_s),
             emit_threshold=self.emit_threshold,
             cooldown_s=self.cooldown_s,
             warmup=self.warmup,
+            weekend_days=tuple(self.weekend_days),
         )
 
 

@@ -112,3 +112,15 @@ def test_kubernetes_service_links_are_not_taken_for_misspelt_settings(
     monkeypatch.setenv("GRIDSTREAM_KAFKA_PORT", "9092")  # looks like a link, is a typo
     with pytest.raises(ConfigError, match="GRIDSTREAM_KAFKA_PORT"):
         load_settings()
+
+
+def test_weekend_days_come_from_the_environment_and_bad_days_are_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GRIDSTREAM_PROCESSING__WEEKEND_DAYS", "[4, 5]")  # Friday and Saturday
+    assert load_settings().processing.params().weekend_days == (4, 5)
+    monkeypatch.setenv("GRIDSTREAM_PROCESSING__WEEKEND_DAYS", "[]")
+    assert load_settings().processing.params().weekend_days == ()
+    monkeypatch.setenv("GRIDSTREAM_PROCESSING__WEEKEND_DAYS", "[6, 7]")
+    with pytest.raises(ConfigError, match=r"PROCESSING__WEEKEND_DAYS: .* 0 \(Monday\) to 6"):
+        load_settings()

@@ -108,3 +108,51 @@ def test_weekly_state_is_independent_of_batch_cuts_and_restored_by_snapshots() -
     assert (a["lvl_dev"] == 2).all()  # the weekly mode was reached in this run
     for name in ("week_dev", "week_n", "week_start", "resid_prof", "lvl_dev"):
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def _shop(weeks: int, seed: int = 11) -> dict[str, np.ndarray]:
+    """One meter that draws 40 % of its weekday load from 08:00 to 18:00 on weekends."""
+    cols = daily_load((("shop", "meter"),), days=7 * weeks, seed=seed)
+    dow = week_bucket_of(cols["ts_ms"]) // 24
+    hour = week_bucket_of(cols["ts_ms"]) % 24
+    cols["value"] = np.where((dow >= 5) & (hour >= 8) & (hour < 18), 0.4, 1.0) * cols["value"]
+    return cols
+
+
+def test_a_weekend_with_its_own_shape_is_expected_from_the_second_weekend_on() -> None:
+    cols = _shop(weeks=3)
+    with_types = GridProcessor(P).process_batch(to_batch(cols), NOW_MS)
+    one_profile = GridProcessor(replace(P, weekend_days=())).process_batch(to_batch(cols), NOW_MS)
+    dow = week_bucket_of(cols["ts_ms"]) // 24
+    hour = week_bucket_of(cols["ts_ms"]) % 24
+    later = (np.arange(len(cols["ts_ms"])) >= 7 * DAY) & (dow >= 5) & (hour >= 9) & (hour < 17)
+    # the weekend's own shape is the expected value: the nowcast is close, the departure small
+    err_types = np.abs(with_types.expected[later] / cols["value"][later] - 1.0)
+    err_one = np.abs(one_profile.expected[later] / cols["value"][later] - 1.0)
+    assert np.median(err_types) < 0.6 * np.median(err_one)
+    # and the weekdays' profile did not learn the weekends: Monday's midday is no surprise
+    monday = (np.arange(len(cols["ts_ms"])) >= 14 * DAY) & (dow == 0) & (hour >= 9) & (hour < 17)
+    assert np.median(np.abs(with_types.expected[monday] / cols["value"][monday] - 1.0)) < 0.1
+    assert len(with_types.anomalies) <= len(one_profile.anomalies)
+
+
+def test_an_entity_without_a_weekly_rhythm_keeps_one_profile_for_every_day() -> None:
+    cols = daily_load((("flat", "meter"),), days=21, seed=12)
+    with_types = GridProcessor(P).process_batch(to_batch(cols), NOW_MS)
+    one_profile = GridProcessor(replace(P, weekend_days=())).process_batch(to_batch(cols), NOW_MS)
+    np.testing.assert_array_equal(with_types.score, one_profile.score)
+
+
+def test_the_residual_scale_follows_the_time_of_day_so_a_quiet_night_is_judged_by_its_quiet() -> (
+    None
+):
+    cols = daily_load((("n", "meter"),), days=10, noise=0.0, seed=6)
+    rng = np.random.default_rng(6)
+    base = cols["value"].copy()
+    cols["value"] = base * np.exp(0.1 * (base / base.mean()) ** 3 * rng.standard_normal(base.size))
+    night = 9 * DAY + int(np.argmin(base[:DAY]))  # the quietest time of the last day
+    cols["value"][night] = base[night] * 3.0  # a reading of the evening at night
+    tod = GridProcessor(P).process_batch(to_batch(cols), NOW_MS)
+    flat = GridProcessor(replace(P, tod_residual=False)).process_batch(to_batch(cols), NOW_MS)
+    assert tod.score[night] > flat.score[night]
+    assert tod.severity[night] >= 0 > flat.severity[night]  # an event only where noise is local
