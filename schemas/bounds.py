@@ -8,9 +8,12 @@ validators so they cannot disagree.
 from typing import Final
 
 # field -> (low, high), inclusive. Negative active power is legal (export from solar, storage).
+# A revenue meter may sit on a 500 MW smelter, a wind farm's export or a transmission
+# interconnect, so active and reactive power are bounded at 10 GW either way: larger than any one
+# metered point, small enough to catch a unit mistake of W for kW on a large customer.
 METER_BOUNDS: Final[dict[str, tuple[float, float]]] = {
-    "kw": (-10_000.0, 100_000.0),
-    "kvar": (-100_000.0, 100_000.0),
+    "kw": (-10_000_000.0, 10_000_000.0),
+    "kvar": (-10_000_000.0, 10_000_000.0),
     "voltage_v": (0.0, 1_000_000.0),
     "current_a": (0.0, 100_000.0),
 }
