@@ -5,12 +5,15 @@ behaviour (``models.tails``). The fused probability is the smallest of them time
 detectors (Bonferroni: a bound on the chance that *any* of them is this extreme by chance), so the
 fused score keeps the meaning of each part:
 
-    score = min(1, -log10(fused probability) / score_decades)
+    score = -log10(fused probability) / score_decades          (up to 0.9, critical)
+    score = 0.9 + 0.1 * (1 - 10 ** -(excess decades / (2 * score_decades)))   (beyond)
 
 With ``score_decades = 8`` a score of 0.5 (info) is a one-in-10,000 reading of normal behaviour,
-0.7 (warning) one in 400,000, 0.9 (critical) one in 16 million. At one reading every 15 minutes
-that is at most one false info alarm per entity in about 100 days of normal behaviour, if the
-tails are right; ``benchmarks/quality_*`` measure how right they are.
+0.7 (warning) one in 400,000, 0.9 (critical) one in 16 million. Beyond critical the scale does
+not saturate: its last tenth covers everything rarer, so a one-in-10^20 reading still ranks above
+a one-in-10^10 one and no mass of ties sits at 1.0 (1.0 itself is never reached). At one reading
+every 15 minutes that is at most one false info alarm per entity in about 100 days of normal
+behaviour, if the tails are right; ``benchmarks/quality_*`` measure how right they are.
 
 Between incidents, a reading is shown in full only when its score beats the entity's highest of
 the last ``cooldown_s`` by ``news_margin`` (0.05, 0.4 decades): a run of similar sub-threshold
@@ -29,7 +32,7 @@ per severity step.
 >>> from models.params import ProcessorParams
 >>> p = ProcessorParams()
 >>> [round(float(x), 2) for x in score_of(np.array([0.0, -4.3, -5.3, -20.0]), p)]
-[0.0, 0.54, 0.66, 1.0]
+[0.0, 0.54, 0.66, 0.98]
 """
 
 from __future__ import annotations
@@ -49,9 +52,15 @@ def fuse(logp: dict[str, np.ndarray], params: ProcessorParams) -> np.ndarray:
     return np.minimum(np.minimum.reduce(parts) + np.log10(len(parts)), 0.0)
 
 
+_SOFT_FROM = 0.9  # the critical threshold: up to it, the score is linear in decades
+
+
 def score_of(log10p: np.ndarray, params: ProcessorParams) -> np.ndarray:
-    """``-log10 p / score_decades`` clipped to [0, 1]."""
-    return np.clip(-log10p / params.score_decades, 0.0, 1.0) + 0.0  # no -0.0
+    """``-log10 p / score_decades`` in [0, 0.9], compressed into [0.9, 1) beyond."""
+    linear = np.maximum(-log10p / params.score_decades, 0.0) + 0.0  # no -0.0
+    over = np.maximum(linear - _SOFT_FROM, 0.0)
+    soft = _SOFT_FROM + (1.0 - _SOFT_FROM) * -np.expm1(-0.5 * over * np.log(10.0))
+    return np.where(linear > _SOFT_FROM, soft, linear)
 
 
 def severity_rank(score: np.ndarray, params: ProcessorParams) -> np.ndarray:

@@ -210,3 +210,12 @@ def test_novelty_is_zero_inside_the_range_and_grows_outside_it() -> None:
     near = novelty.overshoot_and_learn(c, s, np.array([12.0]), P)[0]
     far = novelty.overshoot_and_learn(c, s, np.array([40.0]), P)[0]
     assert inside == 0.0 and 0.0 < near < far
+
+
+def test_the_top_of_the_scale_ranks_and_never_saturates() -> None:
+    decades = np.array([7.2, 8.0, 10.0, 20.0, 40.0, 80.0])
+    score = fusion.score_of(-decades, P)
+    assert score[0] == pytest.approx(0.9)
+    assert np.all(np.diff(score) > 0) and np.all(score < 1.0)
+    below = np.linspace(0.0, 7.2, 50)  # severities keep their decades
+    np.testing.assert_allclose(fusion.score_of(-below, P), below / P.score_decades)
