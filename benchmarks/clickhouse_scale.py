@@ -7,8 +7,9 @@ question two ways:
 
 - before: the query-time views as they were (raw tables with ``FINAL``, the whole-table ASOF
   join of forecasts against readings), their SQL kept here;
-- after: the views of schema version 4 (the hourly load rollup, the anomaly rollup, the
-  parameterised range view for MAPE).
+- after: the views as they are now (the hourly load rollup, the anomaly rollup, and MAPE from
+  the ``forecast_mape_agg`` rollup of ``forecast_errors``, which is loaded here as the processor
+  writes it: each forecast whose target has a reading, with that reading as its actual).
 
 Every query runs with ``max_memory_usage`` = ``--max-memory-gb``: a query that needs more fails
 with MEMORY_LIMIT_EXCEEDED and is reported as such, so memory stays bounded by construction.
@@ -135,6 +136,9 @@ def load(backend: ChdbBackend, entities: int, forecast_rows: int) -> dict[str, f
             f"FROM (SELECT {lo} + number AS k, intDiv(k, 2) AS r FROM numbers({n}))"
         )
     timings["load_forecasts_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    load_errors(backend, entities, forecast_rows, steps, chunk)
+    timings["load_forecast_errors_s"] = time.perf_counter() - t
     backend.command(
         f"INSERT INTO {DB}.anomalies (event_id, entity_id, entity_kind, ts, score, severity, "
         "explanation, detected_at) SELECT toString(number), "
@@ -147,6 +151,30 @@ def load(backend: ChdbBackend, entities: int, forecast_rows: int) -> dict[str, f
     timings["forecasts"] = float(forecast_rows)
     timings["steps"] = float(steps)
     return timings
+
+
+def load_errors(
+    backend: ChdbBackend, entities: int, forecast_rows: int, steps: int, chunk: int
+) -> None:
+    """``forecast_errors`` as the processor's matcher writes them: the actual is the generated
+    reading at the target step (same formula as the readings), so the rollup fills by its view."""
+    actual = (
+        f"2 + sin(ts_step * 6.2832 / 96) + (cityHash64(ts_step * {entities} + e) % 1000) / 2000"
+    )
+    for lo in range(0, forecast_rows, chunk):
+        n = min(chunk, forecast_rows - lo)
+        backend.command(
+            f"INSERT INTO {DB}.forecast_errors (entity_id, entity_kind, target_ts, horizon_s, p10,"
+            " p50, p90, actual, abs_error, pct_error, written_at) "
+            "SELECT concat('m-', toString(e)), 'meter', "
+            f"toDateTime64({T0_S} + ts_step * {STEP_S}, 3, 'UTC') AS target, h, p50 * 0.8, p50, "
+            f"p50 * 1.2, {actual} AS a, abs(p50 - a), 100 * abs(p50 - a) / abs(a), target "
+            f"FROM (SELECT {lo} + number AS k, intDiv(k, 2) AS r, r % {entities} AS e, "
+            "if(k % 2 = 0, 900, 3600) AS h, "
+            f"intDiv(r, {entities}) + intDiv(h, {STEP_S}) AS ts_step, "
+            f"2 + sin(intDiv(r, {entities}) * 6.2832 / 96) AS p50 FROM numbers({n})) "
+            f"WHERE ts_step < {steps}"
+        )
 
 
 def timed(backend: ChdbBackend, sql: str, max_memory: int) -> dict[str, object]:

@@ -41,6 +41,7 @@ from sinks.ddl import (
     ttl_expression,
 )
 from sinks.ddl_balance import ENERGY_BALANCE
+from sinks.ddl_errors import FORECAST_ERRORS
 from sinks.exceptions import SchemaMismatch, SinkError
 from sinks.rows import (
     DriftEventLike,
@@ -52,6 +53,7 @@ from sinks.rows import (
     readings_table,
 )
 from sinks.rows_balance import energy_balance_table
+from sinks.rows_errors import MatchesLike, forecast_errors_table
 from sinks.table_format import format_table
 from sinks.views import ALL_VIEWS
 
@@ -247,8 +249,10 @@ class ClickHouseSink:
         now_ms: int,
         *,
         readings: ReadingBatch | None = None,
+        errors: MatchesLike | None = None,
     ) -> None:
         """Insert one batch's outputs; empty inputs are skipped. ``now_ms`` stamps the rows.
+        ``errors`` are the forecasts matched with their actuals in this batch.
 
         Raises ``SinkError`` naming the table; ``error.retryable`` says whether to retry.
         """
@@ -256,6 +260,9 @@ class ClickHouseSink:
             self._insert(READINGS, len(readings), lambda: readings_table(readings, now_ms))
         if len(forecasts):
             self._insert(FORECASTS, len(forecasts), lambda: forecasts_table(forecasts, now_ms))
+        if errors is not None and errors.horizon_s.size:
+            n = int(errors.horizon_s.size)
+            self._insert(FORECAST_ERRORS, n, lambda: forecast_errors_table(errors, now_ms))
         if anomalies:
             self._insert(ANOMALIES, len(anomalies), lambda: anomalies_table(anomalies))
         if dead_letters:

@@ -49,6 +49,8 @@ import re
 from dataclasses import replace
 
 from sinks.ddl_balance import ENERGY_BALANCE
+from sinks.ddl_errors import FORECAST_ERRORS, FORECAST_MAPE_AGG
+from sinks.ddl_errors import STATEMENTS as _ERRORS_V6
 from sinks.ddl_types import (  # noqa: F401 - re-exported: the schema is written in these
     _DDL_HEAD,
     _IDENTIFIER,
@@ -353,6 +355,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(5, "energy_balance per parent and interval", (ENERGY_BALANCE.create_sql(),)),
+    Migration(6, "forecast_errors as matched, MAPE rollup per hour, kind and horizon", _ERRORS_V6),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
@@ -361,9 +364,10 @@ LATEST_VERSION = MIGRATIONS[-1].version
 DATA_TABLES: tuple[Table, ...] = (READINGS, FORECASTS, ANOMALIES, DRIFT_EVENTS, DEAD_LETTERS)
 
 # The shape every table has after the latest migration; the sink checks it at start.
-ROLLUP_TABLES: tuple[Table, ...] = (LOAD_HOURLY_AGG, ANOMALY_COUNTS_AGG)
+ROLLUP_TABLES: tuple[Table, ...] = (LOAD_HOURLY_AGG, ANOMALY_COUNTS_AGG, FORECAST_MAPE_AGG)
 EXPECTED_TABLES: dict[str, Table] = {
-    t.name: t for t in (*DATA_TABLES, *ROLLUP_TABLES, ENERGY_BALANCE, SCHEMA_MIGRATIONS)
+    t.name: t
+    for t in (*DATA_TABLES, *ROLLUP_TABLES, ENERGY_BALANCE, FORECAST_ERRORS, SCHEMA_MIGRATIONS)
 }
 
 

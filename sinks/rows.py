@@ -37,6 +37,7 @@ STAMP = {
     DRIFT_EVENTS.name: "detected_at",
     DEAD_LETTERS.name: "dead_lettered_at",
     "energy_balance": "written_at",
+    "forecast_errors": "written_at",
 }
 
 

@@ -20,7 +20,9 @@ Definitions:
   exactly, SCADA jitter is tolerated) — with absolute error, percentage error (NULL when the
   actual is 0) and whether the actual fell in [p10, p90]. Forecasts not yet due or whose
   reading never came are not in it.
-- ``forecast_mape_hourly``: per UTC hour of the target time, entity kind and horizon: MAPE (mean
+- ``forecast_mape_hourly``: read from the ``forecast_mape_agg`` rollup of ``forecast_errors``
+  (the matches the processor writes, ``sinks.ddl_errors``), not from the join above.
+  Per UTC hour of the target time, entity kind and horizon: MAPE (mean
   of the percentage errors, zero actuals skipped), MAE, p10–p90 coverage, and ``above_2pct``,
   the operators' alert rule (MAPE > 2 %).
 - ``anomaly_counts_daily``: per UTC day, severity and kind: events and distinct entities. The
@@ -45,6 +47,7 @@ from dataclasses import dataclass
 from schemas.accuracy import ACTUAL_TOLERANCE_S
 from sinks.ddl import ANOMALY_KIND, DB
 from sinks.ddl_balance import WORST_PARENTS_SELECT
+from sinks.ddl_errors import mape_select
 
 MAPE_ALERT_PCT = 2.0
 
@@ -115,17 +118,6 @@ ON f.entity_kind = r.entity_kind AND f.entity_id = r.entity_id AND f.target_ts <
 WHERE r.ts < f.target_ts + toIntervalSecond({ACTUAL_TOLERANCE_S})"""
 
 
-def _mape(source: str) -> str:
-    return f"""
-SELECT {_HOUR.format("target_ts")} AS hour, entity_kind, horizon_s,
-       count() AS forecasts, uniqExact(entity_id) AS entities,
-       avg(pct_error) AS mape_pct, avg(abs_error) AS mae,
-       avg(in_p10_p90) AS p10_p90_coverage,
-       mape_pct > {MAPE_ALERT_PCT} AS above_2pct
-FROM {source}
-GROUP BY hour, entity_kind, horizon_s"""
-
-
 FORECAST_ACCURACY = View(
     "forecast_accuracy",
     "every forecast with the actual reading at its target time, absolute and percentage error",
@@ -135,7 +127,7 @@ FORECAST_ACCURACY = View(
 FORECAST_MAPE_HOURLY = View(
     "forecast_mape_hourly",
     "per UTC hour of target time, entity kind and horizon: MAPE; above_2pct is the alert rule",
-    _mape(f"{DB}.forecast_accuracy"),
+    mape_select(MAPE_ALERT_PCT),
 )
 
 # The same questions over a range of target times, as parameterised views:
@@ -159,8 +151,8 @@ FORECAST_ACCURACY_BETWEEN = View(
 
 FORECAST_MAPE_HOURLY_BETWEEN = View(
     "forecast_mape_hourly_between",
-    "forecast_mape_hourly for target times in [start, end): parameters start, end",
-    _mape(f"({_accuracy(_RANGE_FORECASTS, _RANGE_READINGS)})"),
+    "forecast_mape_hourly for target hours in [start, end): parameters start, end",
+    mape_select(MAPE_ALERT_PCT, f" WHERE hour >= toStartOfHour({_START}) AND hour < {_END}"),
 )
 
 ANOMALY_COUNTS_DAILY = View(

@@ -22,7 +22,7 @@ crash), so the error series after a restore equal those of an uninterrupted run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -42,18 +42,35 @@ _EXPIRE_EVERY = 8  # batches between sweeps for passed targets (each sweep is O(
 
 @dataclass(slots=True)
 class Matches:
-    """Forecasts that met their actual in one batch: one element per forecast."""
+    """Forecasts that met their actual in one batch: one element per forecast.
+
+    ``entity`` holds entity keys (``schemas.batch.entity_key``) and ``target_ms`` the target
+    times: what ``forecast_errors`` rows need (``sinks.rows_errors``)."""
 
     horizon_s: np.ndarray
     actual: np.ndarray
     p10: np.ndarray
     p50: np.ndarray
     p90: np.ndarray
+    entity: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object))
+    target_ms: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return int(self.horizon_s.size)
 
     @classmethod
     def none(cls) -> Matches:
         empty = np.empty(0, dtype=np.float64)
         return cls(np.empty(0, dtype=np.int64), empty, empty, empty, empty)
+
+    @classmethod
+    def concat(cls, parts: list[Matches]) -> Matches:
+        """The matches of several tasks of one batch, as one."""
+        if not parts:
+            return cls.none()
+        if len(parts) == 1:
+            return parts[0]
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in _FIELDS))
 
     def apes_by_horizon(self) -> dict[int, np.ndarray]:
         """Absolute percentage errors by horizon (seconds); actuals of 0 have none."""
@@ -61,6 +78,9 @@ class Matches:
         valid = np.isfinite(ape)
         h_s = self.horizon_s
         return {int(h): ape[valid & (h_s == h)] for h in np.unique(h_s[valid])}
+
+
+_FIELDS = tuple(f.name for f in fields(Matches))
 
 
 class ForecastAccuracy:
@@ -81,6 +101,7 @@ class ForecastAccuracy:
         self.expire_after_ms = expire_after_s * 1000
         self.untracked = 0  # forecasts not kept because the tracker was full
         self._codes: dict[str, int] = {}
+        self._names: list[str] = []  # entity key of each code
         self._key = np.empty(0, dtype=np.int64)  # sorted: entity code << 42 | target ms
         self._horizon = np.empty(0, dtype=np.int64)
         self._p50 = np.empty(0, dtype=np.float64)
@@ -111,6 +132,7 @@ class ForecastAccuracy:
                     c = -1
                 else:
                     c = codes[e] = len(codes)
+                    self._names.append(e)
                     room -= 1
             out.append(c)
         if len(codes) > self._last_seen.size:
@@ -251,9 +273,13 @@ class ForecastAccuracy:
         # every pending forecast in [lo, lo + n) matches its reading (one per horizon)
         starts = np.repeat(lo - np.cumsum(n) + n, n)
         idx = starts + np.arange(int(n.sum()))
+        matched = self._key[idx]
+        names = self._names
         out = Matches(
             self._horizon[idx], np.repeat(actual, n), self._p10[idx], self._p50[idx],
             self._p90[idx],
+            np.array([names[c] for c in (matched >> _TS_BITS).tolist()], dtype=object),
+            matched & _TS_MASK,
         )
         keep = np.ones(self._key.size, dtype=bool)
         keep[idx] = False
@@ -296,6 +322,7 @@ class ForecastAccuracy:
         if last_seen.size < known or (key.size and int(key.max() >> _TS_BITS) >= known):
             raise ValueError("forecasts refer to entities the tracker does not know")
         acc._codes = {e: i for i, e in enumerate(entities)}
+        acc._names = entities
         acc._key, acc._horizon, acc._p50, acc._last_seen = key, horizon, p50, last_seen
         acc._p10, acc._p90 = p10, p90
         acc._newest_ms, acc._updates, acc.untracked = (int(x) for x in snap["counters"])

@@ -177,7 +177,8 @@ class BatchStep:
         t_deliver = time.perf_counter()
         result = work.out.result
         dead = [dead_letter(batch, r, now_ms) for r in work.rejections]
-        outputs = Outputs(result, dead, accepted(work.out.readings, result), now_ms)
+        readings = accepted(work.out.readings, result)
+        outputs = Outputs(result, dead, readings, now_ms, work.out.errors)
         route = work.route
         self.delivery.deliver(outputs, lambda recs: engine.publish(recs, route), engine.pause, stop)
         published_ms = int(self.clock() * 1000)

@@ -31,6 +31,7 @@ from sinks.clickhouse import ClickHouseSink
 from sinks.encode import OutRecord, encode_anomalies, encode_dead_letters, encode_forecasts
 from sinks.exceptions import SinkError
 from streams.config import TopicSettings
+from streams.ops.accuracy import Matches
 from streams.ops.monitor import RunnerMonitor
 from streams.runtime.failpoints import Failpoints
 
@@ -76,6 +77,7 @@ class Outputs:
     dead: list[DeadLetterRecord]
     accepted: ReadingBatch
     now_ms: int
+    errors: Matches | None = None  # forecasts matched with their actuals (``forecast_errors``)
 
     def topic_records(
         self, topics: TopicSettings, frames: dict[str, bytes] | None = None
@@ -182,7 +184,7 @@ class Delivery:
         result = outputs.result
         self.clickhouse.write(
             result.forecasts, result.anomalies, outputs.dead, outputs.now_ms,
-            readings=outputs.accepted,
+            readings=outputs.accepted, errors=outputs.errors,
         )
         if result.drift_events:
             self.clickhouse.write_drift_events(result.drift_events)

@@ -25,7 +25,7 @@ from models.ensemble import NowcastEnsemble
 from models.params import ProcessorParams
 from models.processor import GridProcessor, ProcessResult
 from schemas.batch import ForecastBatch, ReadingBatch
-from streams.ops.accuracy import ForecastAccuracy
+from streams.ops.accuracy import ForecastAccuracy, Matches
 
 TaskId = tuple[str, int]  # (topic, partition)
 
@@ -54,9 +54,9 @@ class Task:
     checkpointed: int = -1  # position of the last checkpoint written for this task
     accuracy: ForecastAccuracy = field(default_factory=ForecastAccuracy)
 
-    def track(self, batch: ReadingBatch, result: ProcessResult) -> dict[int, np.ndarray]:
-        """Feed a batch and its result to the task's forecast-error tracker; APEs by horizon."""
-        return self.accuracy.track(batch, result).apes_by_horizon()
+    def track(self, batch: ReadingBatch, result: ProcessResult) -> Matches:
+        """Feed a batch and its result to the task's forecast-error tracker; its matches."""
+        return self.accuracy.track(batch, result)
 
 
 @dataclass(slots=True)
@@ -68,6 +68,7 @@ class TaskOutput:
     result: ProcessResult
     replayed: int = 0
     apes: dict[int, np.ndarray] = field(default_factory=dict)
+    errors: Matches = field(default_factory=Matches.none)  # the live rows' matches
 
 
 class TaskSet:
@@ -153,6 +154,7 @@ class TaskSet:
         out_task = task_of_row if live is None else task_of_row[live]
         parts: list[tuple[np.ndarray, ProcessResult]] = []
         apes: dict[int, list[np.ndarray]] = {}
+        matches: list[Matches] = []
         replayed = 0
         for t in np.unique(task_of_row):
             task = self.task(tids[int(t)])
@@ -167,11 +169,12 @@ class TaskSet:
                 part = out_batch if rows.size == len(out_batch) else out_batch.take(rows)
                 res = task.processor.process_batch(part, now_ms)
                 parts.append((rows, res))
-                for h, ape in task.track(part, res).items():
+                matches.append(task.track(part, res))
+                for h, ape in matches[-1].apes_by_horizon().items():
                     apes.setdefault(h, []).append(ape)
         result = merge_results(parts, len(out_batch), self.model)
         merged = {h: a[0] if len(a) == 1 else np.concatenate(a) for h, a in apes.items()}
-        return TaskOutput(out_batch, result, replayed, merged)
+        return TaskOutput(out_batch, result, replayed, merged, Matches.concat(matches))
 
 
 def merge_results(

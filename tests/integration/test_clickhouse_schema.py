@@ -74,8 +74,8 @@ def test_a_version_1_database_migrates_to_the_latest_with_its_rows(
     with pytest.raises(SchemaMismatch):
         sink.check_schema()  # readings, drift_events missing: version 1 is not what we write
 
-    assert sink.ensure_schema() == LATEST_VERSION == 5
-    assert sink.schema_version() == 5
+    assert sink.ensure_schema() == LATEST_VERSION == 6
+    assert sink.schema_version() == 6
     sink.check_schema()
     assert _scalar(ch_backend, f"SELECT count() FROM `{database}`.forecasts") == 1
     assert sink.query(f"SELECT kind, anomalies FROM `{database}`.anomaly_counts_daily").rows == [

@@ -11,10 +11,11 @@ from datetime import UTC, date, datetime
 import numpy as np
 import pytest
 
-from schemas.batch import AnomalyRecord, DeadLetterRecord, ForecastBatch, ReadingBatch
+from schemas.batch import AnomalyRecord, DeadLetterRecord, ForecastBatch, ReadingBatch, entity_key
 from sinks.clickhouse import ClickHouseSink
 from sinks.clickhouse_common import ClickHouseBackend
 from sinks.views import VIEWS
+from streams.ops.accuracy import ForecastAccuracy, Matches
 
 pytestmark = pytest.mark.integration
 
@@ -171,9 +172,20 @@ def snapshot(sink: ClickHouseSink) -> dict[str, list[tuple[object, ...]]]:
     }
 
 
+def matches(rd: ReadingBatch, fc: ForecastBatch) -> Matches:
+    """The runtime's matcher over one batch: the ``forecast_errors`` a live run writes."""
+    keys = entity_key(rd.kind, rd.entity)
+    first = {k: i for i, k in reversed(list(enumerate(keys.tolist())))}
+    rows = np.array([first[k] for k in entity_key(fc.kind, fc.entity).tolist()], dtype=np.int64)
+    return ForecastAccuracy().match(
+        keys, rd.ts_ms, rd.value, np.isfinite(rd.value), rows,  # type: ignore[arg-type]
+        fc.horizon_s, fc.target_ms, fc.p50, fc.p10, fc.p90,
+    )
+
+
 def write_all(sink: ClickHouseSink, now_ms: int = NOW) -> None:
     rd, fc, an, dl = dataset()
-    sink.write(fc, an, dl, now_ms, readings=rd)
+    sink.write(fc, an, dl, now_ms, readings=rd, errors=matches(rd, fc))
 
 
 # ------------------------------------------------------------------------------- the numbers
@@ -397,3 +409,24 @@ def test_range_views_answer_like_the_full_views_over_their_range(sink: ClickHous
         f"SELECT countIf(target_ts < '{end:%Y-%m-%d %H:%M:%S}') FROM `{db}`.forecast_accuracy"
     ).rows[0][0]
     assert accuracy == total > 0
+
+
+def test_a_replayed_batch_of_forecast_errors_does_not_double_mape(sink: ClickHouseSink) -> None:
+    rd, fc, _, _ = dataset()
+    errors = matches(rd, fc)
+    assert set(errors.entity.tolist()) >= {entity_key("meter", "m-1"), entity_key("feeder", "f-7")}
+    db = sink.database
+    empty = ForecastBatch.empty()
+
+    def state() -> tuple[object, ...]:
+        raw = sink.query(f"SELECT count() FROM `{db}`.forecast_errors").rows[0][0]
+        agg = sink.query(f"SELECT sum(forecasts), sum(pct_sum) FROM `{db}`.forecast_mape_agg")
+        mape = sink.query(f"SELECT * FROM `{db}`.forecast_mape_hourly ORDER BY ALL").rows
+        return raw, agg.rows[0], mape
+
+    sink.write(empty, [], [], NOW, errors=errors)
+    before = state()
+    assert before[0] == len(errors) > 0
+    sink.write(empty, [], [], NOW, errors=errors)  # a retry
+    sink.write(empty, [], [], NOW + 5_000, errors=errors)  # a replay after a crash, stamped later
+    assert state() == before

@@ -19,6 +19,7 @@ from schemas.batch import DeadLetterRecord, ForecastBatch
 from sinks.clickhouse import ClickHouseSink
 from sinks.clickhouse_backend import ChdbBackend
 from streams.cli import main
+from streams.ops.accuracy import ForecastAccuracy
 from streams.sim.generator import SimConfig, TelemetrySimulator
 from streams.tools.backtest import backtest_values
 
@@ -62,9 +63,12 @@ def written(chdb_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     labels = tmp_path_factory.mktemp("labels") / "labels.jsonl"
     values, contracts = _simulate(labels)
     end_ms = START_MS + DAYS * 86_400_000
+    acc = ForecastAccuracy()  # the runtime's matcher: forecast_errors as a live run writes it
     result = backtest_values(
         values, contracts, ProcessorParams(),
-        on_batch=lambda batch, res: sink.write(res.forecasts, [], [], end_ms, readings=batch),
+        on_batch=lambda batch, res: sink.write(
+            res.forecasts, [], [], end_ms, readings=batch, errors=acc.track(batch, res)
+        ),
     )
     dead = [
         DeadLetterRecord("grid.meter.readings", 0, i, None, values[i], reason,
