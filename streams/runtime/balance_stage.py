@@ -47,6 +47,7 @@ from sinks.encode import OutRecord, encode_anomalies, encode_dead_letters
 from sinks.partitioner import partition_for
 from sinks.topics import TopicSink
 from streams.config import Settings
+from streams.runtime.balance_pace import ahead, hold
 from streams.runtime.failpoints import Failpoints
 from streams.runtime.topology_feed import TopologyFeed
 
@@ -84,6 +85,9 @@ class BalanceStage:
         self.ckpt_dir = Path(state) / f"{settings.kafka.group_id}.balance" if state else None
         self._producer: TopicSink | None = None
         self._batches = 0
+        self.newest_in: dict[tuple[str, int], int] = {}  # newest reading per input partition
+        self.paused: set[tuple[str, int]] = set()
+        self.drained: set[tuple[str, int]] = set()
 
     def _count(self, what: str, n: int) -> None:
         self.counters[what] += n
@@ -110,7 +114,7 @@ class BalanceStage:
         self._dead(self.feed.catch_up())
         log.info("balance: topology of %d children", len(self.feed.topology))
         repartition, balance = self._consumer("balance-repartition"), self._consumer("balance")
-        repartition.subscribe([t.meter, t.scada])
+        repartition.subscribe([t.meter, t.scada], on_assign=self._unpace, on_revoke=self._unpace)
         balance.subscribe([b.internal_topic], on_assign=self._on_assign, on_revoke=self._revoke)
         idle_since = time.monotonic()
         try:
@@ -151,15 +155,19 @@ class BalanceStage:
         k = self.settings.kafka
         msgs = [m for m in consumer.consume(k.batch_size, 0.05) if m.error() is None]
         if not msgs:
+            self._pace(consumer, [])
             return 0
         contracts = [METER if m.topic() == self.settings.topics.meter else SCADA for m in msgs]
         decoded = self._decode(msgs, contracts)
         r, topo = decoded.readings, self.feed.topology
+        held = self._pace(
+            consumer, msgs, dict(zip(r.src_index.tolist(), r.ts_ms.tolist(), strict=True))
+        )
         self._count("balance_undecodable", len(decoded.rejections))
         out = []
         rows = zip(r.entity, r.kind, r.ts_ms.tolist(), r.src_index.tolist(), strict=True)
         for e, kind, ts, src in rows:
-            if kind not in ("meter", "transformer"):
+            if kind not in ("meter", "transformer") or held[src]:
                 continue
             parent = topo.parent_at(e, ts) if kind == "meter" else e
             if parent is None:
@@ -169,9 +177,48 @@ class BalanceStage:
             out.append(OutRecord(parent.encode(), msgs[src].value(), header))
         assert self._producer is not None
         self._producer.publish([(self.settings.balance.internal_topic, out)])
-        consumer.commit(offsets=_next_offsets(msgs), asynchronous=False)
+        kept = [m for m, h in zip(msgs, held, strict=True) if not h]
+        if kept:
+            consumer.commit(offsets=_next_offsets(kept), asynchronous=False)
         self._count("balance_forwarded", len(out))
-        return len(msgs)
+        return len(kept)
+
+    def _unpace(self, _consumer: Consumer, _parts: list[TopicPartition]) -> None:
+        """A new assignment starts unpaused, each partition's times learnt again."""
+        self.newest_in.clear()
+        self.paused.clear()
+        self.drained.clear()
+
+    def _pace(self, consumer: Consumer, msgs: list, ts_of: dict[int, int] | None = None) -> list:
+        """Hold back (seek back to, pause) the records of partitions that run ahead of the
+        slowest one still holding records; resume them once it catches up or drains.
+
+        A consume that returns nothing from the unpaused partitions marks them drained, so a
+        partition at the end of its log holds nothing back (``streams.runtime.balance_pace``)."""
+        assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+        if not msgs:
+            self.drained |= assigned - self.paused
+        keys = [(m.topic(), m.partition()) for m in msgs]
+        self.drained -= set(keys)
+        b = self.settings.balance
+        budget = max(b.interval_s, b.lateness_s // 4) * 1000
+        times = [(ts_of or {}).get(j) for j in range(len(msgs))]
+        unseen = bool(assigned - self.drained - set(self.newest_in))
+        held = hold(keys, times, self.newest_in, self.drained, budget, unseen)
+        first = {}
+        for m, key, h in zip(msgs, keys, held, strict=True):
+            if h and key not in first:
+                first[key] = m.offset()
+        for (t, p), offset in first.items():
+            consumer.seek(TopicPartition(t, p, offset))
+        pause = ahead(self.newest_in, self.drained, budget, unseen) | set(first)
+        if pause - self.paused:
+            consumer.pause([TopicPartition(t, p) for t, p in pause - self.paused])
+            self._count("balance_paced", len(pause - self.paused))
+        if self.paused - pause:
+            consumer.resume([TopicPartition(t, p) for t, p in self.paused - pause])
+        self.paused = pause
+        return held
 
     # -- stage 2 -----------------------------------------------------------------------------
     def _balance(self, consumer: Consumer) -> int:
