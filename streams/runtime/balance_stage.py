@@ -88,6 +88,8 @@ class BalanceStage:
         self.newest_in: dict[tuple[str, int], int] = {}  # newest reading per input partition
         self.paused: set[tuple[str, int]] = set()
         self.drained: set[tuple[str, int]] = set()
+        self.backlog: dict[tuple[str, int], list] = {}  # held records, in order, uncommitted
+        self.head_ts: dict[tuple[str, int], int] = {}  # reading time of each backlog's first
 
     def _count(self, what: str, n: int) -> None:
         self.counters[what] += n
@@ -153,16 +155,16 @@ class BalanceStage:
     def _repartition(self, consumer: Consumer) -> int:
         """Forward one batch of readings keyed by transformer; commit once acknowledged."""
         k = self.settings.kafka
-        msgs = [m for m in consumer.consume(k.batch_size, 0.05) if m.error() is None]
+        fresh = [m for m in consumer.consume(k.batch_size, 0.05) if m.error() is None]
+        msgs = self._unheld(fresh)
         if not msgs:
-            self._pace(consumer, [])
+            self._pace(consumer, [], empty=not fresh)
             return 0
         contracts = [METER if m.topic() == self.settings.topics.meter else SCADA for m in msgs]
         decoded = self._decode(msgs, contracts)
         r, topo = decoded.readings, self.feed.topology
-        held = self._pace(
-            consumer, msgs, dict(zip(r.src_index.tolist(), r.ts_ms.tolist(), strict=True))
-        )
+        times = dict(zip(r.src_index.tolist(), r.ts_ms.tolist(), strict=True))
+        held = self._pace(consumer, msgs, times, empty=not fresh)
         self._count("balance_undecodable", len(decoded.rejections))
         out = []
         rows = zip(r.entity, r.kind, r.ts_ms.tolist(), r.src_index.tolist(), strict=True)
@@ -188,16 +190,40 @@ class BalanceStage:
         self.newest_in.clear()
         self.paused.clear()
         self.drained.clear()
+        self.backlog.clear()
+        self.head_ts.clear()
 
-    def _pace(self, consumer: Consumer, msgs: list, ts_of: dict[int, int] | None = None) -> list:
-        """Hold back (seek back to, pause) the records of partitions that run ahead of the
-        slowest one still holding records; resume them once it catches up or drains.
+    def _unheld(self, fresh: list) -> list:
+        """Held records of resumed partitions, then the fresh ones; a paused partition's fresh
+        records (fetched before the pause) join its backlog, behind the held ones."""
+        ready = []
+        for key in [k for k in self.backlog if k not in self.paused]:
+            ready += self.backlog.pop(key)
+            self.head_ts.pop(key, None)
+        out = []
+        for m in fresh:
+            key = (m.topic(), m.partition())
+            if key in self.paused or key in self.backlog:
+                self.backlog.setdefault(key, []).append(m)
+            else:
+                out.append(m)
+        return ready + out
 
-        A consume that returns nothing from the unpaused partitions marks them drained, so a
+    def _pace(
+        self,
+        consumer: Consumer,
+        msgs: list,
+        ts_of: dict[int, int] | None = None,
+        empty: bool = False,
+    ) -> list:
+        """Hold back (in ``backlog``, uncommitted; paused) records of partitions that run ahead
+        of the slowest one still holding records; resume them once it catches up or drains.
+
+        An ``empty`` consume (nothing from the unpaused partitions) marks them drained, so a
         partition at the end of its log holds nothing back (``streams.runtime.balance_pace``)."""
         assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
-        if not msgs:
-            self.drained |= assigned - self.paused
+        if empty:
+            self.drained |= assigned - self.paused - set(self.backlog)
         keys = [(m.topic(), m.partition()) for m in msgs]
         self.drained -= set(keys)
         b = self.settings.balance
@@ -205,13 +231,16 @@ class BalanceStage:
         times = [(ts_of or {}).get(j) for j in range(len(msgs))]
         unseen = bool(assigned - self.drained - set(self.newest_in))
         held = hold(keys, times, self.newest_in, self.drained, budget, unseen)
-        first = {}
-        for m, key, h in zip(msgs, keys, held, strict=True):
-            if h and key not in first:
-                first[key] = m.offset()
-        for (t, p), offset in first.items():
-            consumer.seek(TopicPartition(t, p, offset))
-        pause = ahead(self.newest_in, self.drained, budget, unseen) | set(first)
+        for m, key, ts, h in zip(msgs, keys, times, held, strict=True):
+            if h:
+                self.backlog.setdefault(key, []).append(m)
+                self.head_ts.setdefault(key, ts)
+        wait = {  # a backlog resumes once its first record is within the budget
+            key
+            for key, ts in self.head_ts.items()
+            if hold([key], [ts], dict(self.newest_in), self.drained, budget, unseen)[0]
+        }
+        pause = ahead(self.newest_in, self.drained, budget, unseen) | wait
         if pause - self.paused:
             consumer.pause([TopicPartition(t, p) for t, p in pause - self.paused])
             self._count("balance_paced", len(pause - self.paused))
