@@ -74,12 +74,6 @@ def own_bootstrap(tmp_path: Path) -> Iterator[str]:
         yield running.bootstrap
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open (issue 17): after the Kafka platform merge, rows of some intervals differ from "
-    "the offline core's in the full suite (readings of a crashed life reach the balance late and "
-    "are counted, not balanced); it passes when run alone",
-)
 def test_kill_9_while_balancing_leaves_the_rows_of_an_uninterrupted_run(
     own_bootstrap: str, unique: str, chserver: object, chdb_path: Path, tmp_path: Path
 ) -> None:
