@@ -47,7 +47,7 @@ from sinks.encode import OutRecord, encode_anomalies, encode_dead_letters
 from sinks.partitioner import partition_for
 from sinks.topics import TopicSink
 from streams.config import Settings
-from streams.runtime.balance_pace import ahead, hold
+from streams.runtime.balance_pace import Pacer
 from streams.runtime.failpoints import Failpoints
 from streams.runtime.topology_feed import TopologyFeed
 
@@ -85,11 +85,8 @@ class BalanceStage:
         self.ckpt_dir = Path(state) / f"{settings.kafka.group_id}.balance" if state else None
         self._producer: TopicSink | None = None
         self._batches = 0
-        self.newest_in: dict[tuple[str, int], int] = {}  # newest reading per input partition
-        self.paused: set[tuple[str, int]] = set()
-        self.drained: set[tuple[str, int]] = set()
-        self.backlog: dict[tuple[str, int], list] = {}  # held records, in order, uncommitted
-        self.head_ts: dict[tuple[str, int], int] = {}  # reading time of each backlog's first
+        budget = max(b.interval_s, b.lateness_s // 4) * 1000
+        self.pacer = Pacer(budget, self._count)
 
     def _count(self, what: str, n: int) -> None:
         self.counters[what] += n
@@ -116,7 +113,8 @@ class BalanceStage:
         self._dead(self.feed.catch_up())
         log.info("balance: topology of %d children", len(self.feed.topology))
         repartition, balance = self._consumer("balance-repartition"), self._consumer("balance")
-        repartition.subscribe([t.meter, t.scada], on_assign=self._unpace, on_revoke=self._unpace)
+        reset = self.pacer.reset
+        repartition.subscribe([t.meter, t.scada], on_assign=reset, on_revoke=reset)
         balance.subscribe([b.internal_topic], on_assign=self._on_assign, on_revoke=self._revoke)
         idle_since = time.monotonic()
         try:
@@ -156,15 +154,15 @@ class BalanceStage:
         """Forward one batch of readings keyed by transformer; commit once acknowledged."""
         k = self.settings.kafka
         fresh = [m for m in consumer.consume(k.batch_size, 0.05) if m.error() is None]
-        msgs = self._unheld(fresh)
+        msgs = self.pacer.unheld(fresh)
         if not msgs:
-            self._pace(consumer, [], empty=not fresh)
+            self.pacer.pace(consumer, [], empty=not fresh)
             return 0
         contracts = [METER if m.topic() == self.settings.topics.meter else SCADA for m in msgs]
         decoded = self._decode(msgs, contracts)
         r, topo = decoded.readings, self.feed.topology
         times = dict(zip(r.src_index.tolist(), r.ts_ms.tolist(), strict=True))
-        held = self._pace(consumer, msgs, times, empty=not fresh)
+        held = self.pacer.pace(consumer, msgs, times, empty=not fresh)
         self._count("balance_undecodable", len(decoded.rejections))
         out = []
         rows = zip(r.entity, r.kind, r.ts_ms.tolist(), r.src_index.tolist(), strict=True)
@@ -184,70 +182,6 @@ class BalanceStage:
             consumer.commit(offsets=_next_offsets(kept), asynchronous=False)
         self._count("balance_forwarded", len(out))
         return len(kept)
-
-    def _unpace(self, _consumer: Consumer, _parts: list[TopicPartition]) -> None:
-        """A new assignment starts unpaused, each partition's times learnt again."""
-        self.newest_in.clear()
-        self.paused.clear()
-        self.drained.clear()
-        self.backlog.clear()
-        self.head_ts.clear()
-
-    def _unheld(self, fresh: list) -> list:
-        """Held records of resumed partitions, then the fresh ones; a paused partition's fresh
-        records (fetched before the pause) join its backlog, behind the held ones."""
-        ready = []
-        for key in [k for k in self.backlog if k not in self.paused]:
-            ready += self.backlog.pop(key)
-            self.head_ts.pop(key, None)
-        out = []
-        for m in fresh:
-            key = (m.topic(), m.partition())
-            if key in self.paused or key in self.backlog:
-                self.backlog.setdefault(key, []).append(m)
-            else:
-                out.append(m)
-        return ready + out
-
-    def _pace(
-        self,
-        consumer: Consumer,
-        msgs: list,
-        ts_of: dict[int, int] | None = None,
-        empty: bool = False,
-    ) -> list:
-        """Hold back (in ``backlog``, uncommitted; paused) records of partitions that run ahead
-        of the slowest one still holding records; resume them once it catches up or drains.
-
-        An ``empty`` consume (nothing from the unpaused partitions) marks them drained, so a
-        partition at the end of its log holds nothing back (``streams.runtime.balance_pace``)."""
-        assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
-        if empty:
-            self.drained |= assigned - self.paused - set(self.backlog)
-        keys = [(m.topic(), m.partition()) for m in msgs]
-        self.drained -= set(keys)
-        b = self.settings.balance
-        budget = max(b.interval_s, b.lateness_s // 4) * 1000
-        times = [(ts_of or {}).get(j) for j in range(len(msgs))]
-        unseen = bool(assigned - self.drained - set(self.newest_in))
-        held = hold(keys, times, self.newest_in, self.drained, budget, unseen)
-        for m, key, ts, h in zip(msgs, keys, times, held, strict=True):
-            if h:
-                self.backlog.setdefault(key, []).append(m)
-                self.head_ts.setdefault(key, ts)
-        wait = {  # a backlog resumes once its first record is within the budget
-            key
-            for key, ts in self.head_ts.items()
-            if hold([key], [ts], dict(self.newest_in), self.drained, budget, unseen)[0]
-        }
-        pause = ahead(self.newest_in, self.drained, budget, unseen) | wait
-        if pause - self.paused:
-            consumer.pause([TopicPartition(t, p) for t, p in pause - self.paused])
-            self._count("balance_paced", len(pause - self.paused))
-        if self.paused - pause:
-            consumer.resume([TopicPartition(t, p) for t, p in self.paused - pause])
-        self.paused = pause
-        return held
 
     # -- stage 2 -----------------------------------------------------------------------------
     def _balance(self, consumer: Consumer) -> int:
